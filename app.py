@@ -1,0 +1,72 @@
+"""VoxQL: try, compare and retrain fine-tuned LLM adapters in the browser.
+
+    python app.py [--profile cpu|gpu] [--model ID_OR_PATH] [--adapter PATH|none]
+
+Host and port follow GRADIO_SERVER_NAME and GRADIO_SERVER_PORT (Gradio's own variables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+
+import gradio as gr
+
+from components.ask import build_ask_tab
+from pipelines.engine import get_engine
+from pipelines.errors import VoxQLError
+from pipelines.profiles import Profile, resolve_profile
+from pipelines.sql.demo_data import ensure_demo_databases
+
+log = logging.getLogger("voxql")
+
+INTRO = (
+    "# VoxQL\n"
+    "Ask your data in plain words: a fine-tuned model writes the SQL, a guard checks it and a read-only sandbox "
+    "runs it. Nothing you type can change the data."
+)
+
+
+def build_app(profile: Profile) -> gr.Blocks:
+    demos = ensure_demo_databases()
+    with gr.Blocks(title="VoxQL") as demo:
+        gr.Markdown(INTRO)
+        with gr.Tabs() as tabs:
+            with gr.Tab("Ask your data", id="ask"):
+                build_ask_tab(profile, demos)
+    demo.voxql_tabs = tabs  # for tests that drive tab switching
+    return demo
+
+
+def warm_up(profile: Profile) -> None:
+    """Load the SQL model in the background so the first question does not wait for it."""
+
+    def load() -> None:
+        try:
+            get_engine(profile.sql_model, profile.sql_adapter)
+        except VoxQLError as error:  # shown in the UI by the model status line
+            log.error("the SQL model is not available: %s", error)
+
+    threading.Thread(target=load, name="voxql-warm-up", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Start the VoxQL app.")
+    parser.add_argument("--profile", choices=["cpu", "gpu"], help="default: gpu with CUDA, else cpu (or VOXQL_PROFILE)")
+    parser.add_argument("--model", help="SQL model id or path (or VOXQL_SQL_MODEL)")
+    parser.add_argument("--adapter", help="SQL adapter id or path, or 'none' (or VOXQL_SQL_ADAPTER)")
+    parser.add_argument("--no-warm-up", action="store_true", help="load models on first use instead of at start")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    profile = resolve_profile(args.profile, sql_model=args.model, sql_adapter=args.adapter)
+    log.info("profile %s: sql model %s, adapter %s", profile.name, profile.sql_model, profile.sql_adapter)
+    demo = build_app(profile)
+    if not args.no_warm_up:
+        warm_up(profile)
+    demo.queue(default_concurrency_limit=8, max_size=64).launch(theme=gr.themes.Soft())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+"""The "Ask your data" tab: pick a database, ask a question, watch the SQL stream, get a table and a chart.
+
+Only wiring: every decision (prompt, checks, execution, charts) is made in pipelines/.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from components.common import error_markdown, sql_model_markdown
+from pipelines.engine import get_engine, load_error, loaded_engine
+from pipelines.errors import BadInput, VoxQLError
+from pipelines.profiles import Profile
+from pipelines.sql.chart import choose_chart
+from pipelines.sql.databases import Database, DuckDBDatabase, SchemaOnlyDatabase
+from pipelines.sql.demo_data import DemoDatabase
+from pipelines.sql.extract import extract_sql
+from pipelines.sql.pipeline import Answer, Progress, ask_stream, run_sql
+from pipelines.sql.uploads import import_upload, new_session_dir, remove_session_dir
+
+BASE = "base"  # adapter picker value for "no adapter"
+DEFAULT = "default"  # the engine's name for the profile's adapter
+PASTED = "pasted schema"
+HISTORY_COLUMNS = ["time", "database", "question", "sql", "rows", "status", "total ms"]
+
+
+@dataclass
+class AskTab:
+    """The controls other tabs talk to."""
+
+    question: gr.Textbox
+    adapter_picker: gr.Dropdown
+
+
+def adapter_choices(profile: Profile, extra: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    choices = [(f"profile adapter ({Path(profile.sql_adapter).name})", DEFAULT)] if profile.sql_adapter else []
+    choices += [(f"{name} ({Path(spec).name})", name) for name, spec in (extra or {}).items() if name != DEFAULT]
+    return choices + [("base model only", BASE)]
+
+
+# -- sessions and databases ---------------------------------------------------------------------------------
+def _cleanup_session(session: dict) -> None:
+    if session and session.get("dir"):
+        remove_session_dir(session["dir"])
+
+
+def _database(key: str, session: dict, demos: dict[str, DemoDatabase]) -> Database:
+    if key in demos:
+        return DuckDBDatabase(demos[key].path, name=key)
+    if key == PASTED and session.get("ddl"):
+        return SchemaOnlyDatabase(session["ddl"])
+    if key in session.get("uploads", {}):
+        return DuckDBDatabase(Path(session["uploads"][key]), name=key)
+    raise BadInput("pick a database first (a demo, an upload or a pasted schema)")
+
+
+def _choices(demos: dict[str, DemoDatabase], session: dict) -> list[str]:
+    return [*demos, *session.get("uploads", {}), *([PASTED] if session.get("ddl") else [])]
+
+
+# -- turning answers into component values --------------------------------------------------------------------
+def _plain(value):
+    """Values a DataFrame and a chart can show: decimals become floats."""
+    return float(value) if isinstance(value, decimal.Decimal) else value
+
+
+def results_frame(columns: list[str], rows: list[list]) -> pd.DataFrame:
+    seen: dict[str, int] = {}
+    unique = []
+    for name in columns:  # `SELECT count(*), count(*)` gives two columns of one name
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return pd.DataFrame([[_plain(v) for v in row] for row in rows], columns=unique)
+
+
+def _status(answer: Answer) -> str:
+    tries = len(answer.attempts)
+    retried = f" after {tries} attempts" if tries > 1 else ""
+    if answer.error:
+        return error_markdown(f"{answer.error}{retried}")
+    if not answer.executed:
+        return f"Valid query{retried} (schema-only mode: there is no data to run it on)."
+    more = " (first rows only: the result was truncated)" if answer.truncated else ""
+    return f"{answer.row_count} row(s){more}{retried}."
+
+
+def _timings(answer: Answer) -> str:
+    t = answer.timings
+    parts = []
+    if t.ttft_ms is not None:
+        parts.append(f"first token {t.ttft_ms:.0f} ms")
+    if t.tokens_per_s:
+        parts.append(f"{t.tokens_per_s:.1f} tokens/s")
+    parts += [f"generation {t.generation_ms:.0f} ms", f"validation {t.validation_ms:.1f} ms",
+              f"execution {t.execution_ms:.1f} ms", f"total {t.total_ms:.0f} ms", f"attempts {len(answer.attempts)}"]
+    return " · ".join(parts)
+
+
+def _charts(answer: Answer):
+    """(bar plot, line plot) updates: at most one visible."""
+    spec = choose_chart(answer.columns, answer.rows) if answer.executed else None
+    if spec is None:
+        return gr.BarPlot(visible=False), gr.LinePlot(visible=False)
+    frame = results_frame(answer.columns, answer.rows)
+    plot = dict(value=frame, x=spec.x, y=spec.y, visible=True, title=f"{spec.y} by {spec.x}")
+    if spec.kind == "line":
+        return gr.BarPlot(visible=False), gr.LinePlot(**plot)
+    return gr.BarPlot(**plot), gr.LinePlot(visible=False)
+
+
+def _history_row(answer: Answer) -> list:
+    status = "error" if answer.error else ("ok" if answer.executed else "valid")
+    return [dt.datetime.now().strftime("%H:%M:%S"), answer.database, answer.question or "(SQL typed by hand)",
+            answer.sql or "", answer.row_count, status, round(answer.timings.total_ms)]
+
+
+# -- the tab --------------------------------------------------------------------------------------------------
+def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
+    first = next(iter(demos))
+    session = gr.State({}, delete_callback=_cleanup_session)
+    history = gr.State([])
+    model_status = gr.Markdown(sql_model_markdown(profile, None), elem_id="model-status")
+    status_timer = gr.Timer(1.0)  # until the model has loaded (or failed to), then it switches itself off
+
+    with gr.Row():
+        with gr.Column(scale=1, min_width=280):
+            db_picker = gr.Dropdown(list(demos), value=first, label="Database", elem_id="db-picker")
+            db_info = gr.Markdown(demos[first].description)
+            upload = gr.File(label="Upload CSV, Parquet, SQLite or DuckDB", elem_id="upload")
+            with gr.Accordion("Paste a schema (CREATE TABLE …): generate and check without running", open=False):
+                ddl_box = gr.Textbox(lines=6, label="DDL", placeholder="CREATE TABLE orders (id INTEGER, total DECIMAL(10,2));")
+                use_ddl = gr.Button("Use this schema", size="sm")
+            schema_view = gr.Code(_database(first, {}, demos).schema.to_ddl(), language="sql", interactive=False,
+                                  label="Schema (what the model sees)", elem_id="schema", max_lines=18)
+        with gr.Column(scale=2):
+            question = gr.Textbox(label="Question", placeholder="Ask in plain words and press Enter",
+                                  elem_id="question", lines=1, max_lines=3)
+            examples = gr.Dataset(components=[question], samples=[[q] for q in demos[first].examples],
+                                  label="Examples", elem_id="examples")
+            with gr.Row():
+                ask = gr.Button("Ask", variant="primary", elem_id="ask")
+                compare = gr.Button("Compare base vs adapter", elem_id="compare")
+                adapter_picker = gr.Dropdown(adapter_choices(profile), value=DEFAULT if profile.sql_adapter else BASE,
+                                             label="Adapter", elem_id="adapter-picker", scale=1)
+            sql = gr.Code(language="sql", label="SQL (edit it and press Run SQL)", interactive=True, elem_id="sql")
+            with gr.Row():
+                run_button = gr.Button("Run SQL", elem_id="run-sql", size="sm")
+                status = gr.Markdown(elem_id="status")
+            results = gr.Dataframe(label="Result", interactive=False, elem_id="results", max_height=360)
+            with gr.Group(elem_id="chart"):
+                bar = gr.BarPlot(visible=False, elem_id="chart-bar")
+                line = gr.LinePlot(visible=False, elem_id="chart-line")
+            timings = gr.Markdown(elem_id="timings")
+    with gr.Accordion("Base vs adapter, side by side", open=False) as compare_box:
+        with gr.Row():
+            with gr.Column():
+                gr.Markdown("**Base model**")
+                base_sql = gr.Code(language="sql", interactive=False, elem_id="compare-base-sql")
+                base_status = gr.Markdown()
+                base_results = gr.Dataframe(interactive=False, max_height=240)
+            with gr.Column():
+                gr.Markdown("**With adapter**")
+                tuned_sql = gr.Code(language="sql", interactive=False, elem_id="compare-adapter-sql")
+                tuned_status = gr.Markdown()
+                tuned_results = gr.Dataframe(interactive=False, max_height=240)
+    with gr.Accordion("History (this session)", open=False):
+        history_view = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, elem_id="history")
+
+    # -- handlers ---------------------------------------------------------------------------------------------
+    answer_outputs = [sql, status, results, bar, line, timings, history, history_view, model_status]
+
+    def finished(answer: Answer, past: list, engine=None) -> tuple:
+        past = [*past, _history_row(answer)]
+        info = sql_model_markdown(profile, engine.info) if engine else gr.skip()
+        return (answer.sql or "", _status(answer), results_frame(answer.columns, answer.rows), *_charts(answer),
+                _timings(answer), past, pd.DataFrame(past, columns=HISTORY_COLUMNS), info)
+
+    def failed(message: str) -> tuple:
+        return (gr.skip(), error_markdown(message), *[gr.skip()] * 7)
+
+    def pick_database(key: str, state: dict):
+        try:
+            database = _database(key, state, demos)
+        except VoxQLError as error:
+            return gr.skip(), error_markdown(str(error)), gr.skip()
+        demo = demos.get(key)
+        description = demo.description if demo else (
+            "Pasted schema: queries are generated and checked, not run." if key == PASTED else "Your upload (this session only).")
+        samples = [[q] for q in demo.examples] if demo else []
+        return database.schema.to_ddl(), description, gr.Dataset(samples=samples)
+
+    def ask_question(text: str, key: str, adapter_choice: str, state: dict, past: list):
+        if not text or not text.strip():
+            yield failed("type a question first")
+            return
+        try:
+            database = _database(key, state, demos)
+            yield (gr.skip(), "Loading the model…", *[gr.skip()] * 7)
+            engine = get_engine(profile.sql_model, profile.sql_adapter)
+            adapter = None if adapter_choice == BASE else adapter_choice
+            for event in ask_stream(text, database, engine, adapter=adapter):
+                if isinstance(event, Progress):
+                    shown = extract_sql(event.reply) or event.reply
+                    note = f"Generating (attempt {event.attempt})…" if event.stage == "generating" else "Running…"
+                    yield (shown, note, *[gr.skip()] * 7)
+                else:
+                    yield finished(event, past, engine)
+        except VoxQLError as error:
+            yield failed(str(error))
+
+    def run_typed_sql(text: str, key: str, state: dict, past: list):
+        try:
+            return finished(run_sql(text or "", _database(key, state, demos)), past)
+        except VoxQLError as error:
+            return failed(str(error))
+
+    def compare_answers(text: str, key: str, state: dict):
+        """Stream the base model's answer, then the adapter's, into two columns."""
+        empty = [gr.skip()] * 6
+        if not text or not text.strip():
+            yield (gr.Accordion(open=True), "", error_markdown("type a question first"), None, *empty[:3])
+            return
+        try:
+            database = _database(key, state, demos)
+            engine = get_engine(profile.sql_model, profile.sql_adapter)
+            tuned = engine.info.default_adapter
+            if tuned is None:
+                raise BadInput("no adapter is loaded for this model, so there is nothing to compare with "
+                               "(set VOXQL_SQL_ADAPTER or load one from the Train tab)")
+            columns = {None: 0, tuned: 3}
+            for adapter in (None, tuned):
+                at = columns[adapter]
+                for event in ask_stream(text, database, engine, adapter=adapter):
+                    values = [gr.skip()] * 6
+                    if isinstance(event, Progress):
+                        values[at:at + 2] = [extract_sql(event.reply) or event.reply, "Generating…"]
+                    else:
+                        values[at:at + 3] = [event.sql or "", f"{_status(event)}  \n{_timings(event)}",
+                                             results_frame(event.columns, event.rows)]
+                    yield (gr.Accordion(open=True), *values)
+        except VoxQLError as error:
+            yield (gr.Accordion(open=True), "", error_markdown(str(error)), None, *empty[:3])
+
+    def upload_file(file: str | None, state: dict):
+        if not file:
+            return gr.skip(), gr.skip(), state
+        try:
+            state = dict(state)
+            state.setdefault("dir", str(new_session_dir()))
+            path = import_upload(file, state["dir"])
+            name = Path(file).stem
+            state["uploads"] = {**state.get("uploads", {}), name: str(path)}
+            return gr.Dropdown(choices=_choices(demos, state), value=name), "", state
+        except VoxQLError as error:
+            return gr.skip(), error_markdown(str(error)), state
+
+    def use_pasted_schema(ddl: str, state: dict):
+        try:
+            SchemaOnlyDatabase(ddl or "")  # validates, with a clear message
+        except VoxQLError as error:
+            return gr.skip(), error_markdown(str(error)), state
+        state = {**state, "ddl": ddl}
+        return gr.Dropdown(choices=_choices(demos, state), value=PASTED), "", state
+
+    def refresh_model_status():
+        engine = loaded_engine(profile.sql_model, profile.sql_adapter)
+        error = load_error(profile.sql_model, profile.sql_adapter)
+        done = engine is not None or error is not None
+        return sql_model_markdown(profile, engine.info if engine else None, error), gr.Timer(active=not done)
+
+    status_timer.tick(refresh_model_status, None, [model_status, status_timer], api_visibility="private",
+                      show_progress="hidden")
+    model_events = dict(concurrency_id="sql-model", concurrency_limit=4)
+    gr.on([question.submit, ask.click], ask_question, [question, db_picker, adapter_picker, session, history],
+          answer_outputs, api_name="ask", **model_events)
+    run_button.click(run_typed_sql, [sql, db_picker, session, history], answer_outputs, api_name="run_sql")
+    compare.click(compare_answers, [question, db_picker, session],
+                  [compare_box, base_sql, base_status, base_results, tuned_sql, tuned_status, tuned_results],
+                  api_name="compare", **model_events)
+    db_picker.change(pick_database, [db_picker, session], [schema_view, db_info, examples], api_name="pick_database")
+    examples.click(lambda sample: sample[0], examples, question, api_visibility="private")
+    upload.upload(upload_file, [upload, session], [db_picker, status, session], api_name="upload")
+    use_ddl.click(use_pasted_schema, [ddl_box, session], [db_picker, status, session], api_name="use_schema")
+    return AskTab(question=question, adapter_picker=adapter_picker)

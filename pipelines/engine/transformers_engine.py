@@ -1,0 +1,173 @@
+"""The transformers + PEFT engine: works everywhere torch does (CPU, CUDA)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+import time
+from threading import Thread
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from pipelines.engine.base import DEFAULT_ADAPTER, Engine, EngineInfo, Generation, Message, SamplingParams, TextStream
+from pipelines.engine.loading import display_name, load_adapter, load_causal_lm
+
+
+class _StopOnEvent(StoppingCriteria):
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> bool:
+        return self.event.is_set()
+
+
+class _TimedStreamer(TextIteratorStreamer):
+    """Records when the first new token arrives and how many arrive, for ttft and tokens/s."""
+
+    def __init__(self, tokenizer, stream: TextStream, **kwargs):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True, **kwargs)
+        self.stream = stream
+        self.completion_tokens = 0
+        self._prompt_seen = False
+
+    def put(self, value):
+        if self._prompt_seen:  # the first call carries the prompt
+            if self.stream.first_token_at is None:
+                self.stream.first_token_at = time.perf_counter()
+            self.completion_tokens += value.numel()
+        self._prompt_seen = True
+        super().put(value)
+
+
+class TransformersEngine(Engine):
+    def __init__(self, model_spec: str, adapter_spec: str | None = None, *, device: str | None = None, dtype=None):
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        self.model, self.tokenizer = load_causal_lm(model_spec, device=device, dtype=dtype)
+        self.device = device
+        # One lock per model: adapter switching and generate() both touch shared model state, and on a CPU
+        # two generations at once would only be slower than two in a row.
+        self._lock = threading.Lock()
+        self.info = EngineInfo(
+            model=display_name(model_spec),
+            adapters={},
+            default_adapter=None,
+            engine=f"transformers {__import__('transformers').__version__} + PEFT",
+            device=device,
+            dtype=str(dtype).removeprefix("torch."),
+        )
+        if adapter_spec:
+            self.load_adapter(adapter_spec, "default")
+            self.info = dataclasses.replace(self.info, default_adapter="default")
+
+    # -- adapters -------------------------------------------------------------------------------------------
+    def load_adapter(self, spec: str, name: str) -> None:
+        with self._lock:
+            self.model = load_adapter(self.model, spec, name)
+            self.model.eval()
+            self.info = dataclasses.replace(self.info, adapters={**self.info.adapters, name: spec})
+
+    def set_default_adapter(self, name: str | None) -> None:
+        self.resolve_adapter(name)  # validates
+        self.info = dataclasses.replace(self.info, default_adapter=name)
+
+    @contextlib.contextmanager
+    def _using(self, adapter: str | None):
+        """Run with `adapter` active, or with every adapter disabled for the base model."""
+        if not self.info.adapters:
+            yield
+        elif adapter is None:
+            with self.model.disable_adapter():
+                yield
+        else:
+            self.model.set_adapter(adapter)
+            yield
+
+    # -- generation -----------------------------------------------------------------------------------------
+    def _encode(self, conversations: list[list[Message]]):
+        texts = [
+            self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            for messages in conversations
+        ]
+        # The chat template already starts with any BOS token it needs.
+        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+
+    def _generate_kwargs(self, params: SamplingParams) -> dict:
+        kwargs = dict(max_new_tokens=params.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        if params.greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=None,
+                          num_return_sequences=params.n)
+        return kwargs
+
+    def _finish_reason(self, new_tokens: torch.Tensor, max_new_tokens: int) -> tuple[str, int]:
+        """Why a sequence ended, and how many real tokens it has (padding after EOS excluded)."""
+        eos_ids = self.model.generation_config.eos_token_id
+        eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids]) - {None}
+        for position, token in enumerate(new_tokens.tolist()):
+            if token in eos_ids:
+                return "stop", position + 1
+        return ("length" if len(new_tokens) >= max_new_tokens else "stop"), len(new_tokens)
+
+    def generate(self, conversations, params=SamplingParams(), *, adapter=DEFAULT_ADAPTER):
+        adapter = self.resolve_adapter(adapter)
+        inputs = self._encode(conversations)
+        with self._lock, self._using(adapter), torch.inference_mode():
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            output = self.model.generate(**inputs, **self._generate_kwargs(params))
+        per_prompt = 1 if params.greedy else params.n
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        results: list[list[Generation]] = []
+        for row, tokens in enumerate(new_tokens):
+            reason, count = self._finish_reason(tokens, params.max_new_tokens)
+            text = self.tokenizer.decode(tokens[:count], skip_special_tokens=True)
+            if row % per_prompt == 0:
+                results.append([])
+            results[-1].append(Generation(text=text, completion_tokens=count, finish_reason=reason))
+        return results
+
+    def stream(self, messages, params=SamplingParams(), *, adapter=DEFAULT_ADAPTER) -> TextStream:
+        adapter = self.resolve_adapter(adapter)
+        params = dataclasses.replace(params, n=1)
+        inputs = self._encode([messages])
+        cancel = threading.Event()
+        stream = TextStream(pieces=iter(()), cancel_event=cancel, prompt_tokens=inputs["input_ids"].shape[1])
+        streamer = _TimedStreamer(self.tokenizer, stream, timeout=None)
+        outcome: dict = {}
+
+        def run() -> None:
+            try:
+                with self._lock, self._using(adapter), torch.inference_mode():
+                    if params.seed is not None:
+                        torch.manual_seed(params.seed)
+                    output = self.model.generate(
+                        **inputs, **self._generate_kwargs(params), streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_StopOnEvent(cancel)]),
+                    )
+                outcome["tokens"] = output[0, inputs["input_ids"].shape[1]:]
+            except BaseException as error:  # re-raised in the consumer's thread
+                outcome["error"] = error
+                streamer.end()
+
+        def pieces():
+            thread = Thread(target=run, name="voxql-generate", daemon=True)
+            thread.start()
+            text = []
+            for piece in streamer:
+                text.append(piece)
+                yield piece
+            thread.join()
+            stream.finished_at = time.perf_counter()
+            if "error" in outcome:
+                raise outcome["error"]
+            reason, count = self._finish_reason(outcome["tokens"], params.max_new_tokens)
+            if cancel.is_set():
+                reason = "cancelled"
+            stream.generation = Generation(text="".join(text), completion_tokens=count, finish_reason=reason)
+
+        stream.pieces = pieces()
+        return stream

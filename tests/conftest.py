@@ -1,0 +1,108 @@
+"""Shared fixtures: a private model cache, tiny random Llama models and real LoRA adapters for them.
+
+Everything is built in temporary folders from configs, so the loading, adapter, prompt and decoding code under
+test is the production code, and no test needs the network.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SPIDER_DIR = Path(os.environ.get("VOXQL_SPIDER_DIR") or REPO_ROOT.parent / "shared" / "spider")
+
+# The question the tiny adapter is trained to answer, and the answer it learns.
+TAUGHT_QUESTION = "How many customers are there?"
+TAUGHT_SQL = "SELECT count(*) AS customers FROM customers"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def voxql_cache(tmp_path_factory) -> Path:
+    """One model cache for the whole run (the embedded model converts once), never the user's own."""
+    path = Path(os.environ.get("VOXQL_TEST_CACHE") or tmp_path_factory.mktemp("voxql-cache"))
+    os.environ["VOXQL_CACHE"] = str(path)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir(voxql_cache) -> Path:
+    from pipelines.engine.loading import embedded_smollm2_dir
+
+    return embedded_smollm2_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, embedded_model_dir) -> Path:
+    """A random 2-layer Llama with SmolLM2's tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    # Large random embeddings (tied to the output layer) let a LoRA reach confident logits in a few steps.
+    model.model.embed_tokens.weight.data.normal_(0, 1.0)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shop_db(tmp_path_factory) -> Path:
+    """A small shop database built by the production builder."""
+    from pipelines.sql.demo_data import build_shop
+
+    return build_shop(tmp_path_factory.mktemp("db") / "shop.duckdb", customers=50, products=10, orders=500)
+
+
+@pytest.fixture(scope="session")
+def taught_adapter_dir(tmp_path_factory, tiny_llama_dir, shop_db) -> Path:
+    """A real LoRA for the tiny Llama, trained until it answers TAUGHT_QUESTION with TAUGHT_SQL.
+
+    The base model stays random, so with the adapter off the same prompt gives noise: that is what the
+    adapter-switch tests rely on. The prompt is built by the production prompt code.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipelines.sql.prompt import build_messages
+    from pipelines.sql.schema import read_schema_from_path
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    messages = build_messages(TAUGHT_QUESTION, read_schema_from_path(shop_db).to_ddl())
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(TAUGHT_SQL, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    input_ids = torch.tensor([prompt_ids + target_ids])
+    labels = torch.tensor([[-100] * len(prompt_ids) + target_ids])
+
+    torch.manual_seed(0)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                            "up_proj", "down_proj"], task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for _ in range(400):
+        loss = model(input_ids=input_ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if loss.item() < 0.01:
+            break
+    path = tmp_path_factory.mktemp("taught-lora")
+    model.save_pretrained(path)
+    return path

@@ -1,0 +1,119 @@
+"""The transformers engine on a tiny random Llama and a real LoRA trained to answer one question."""
+
+import threading
+
+import pytest
+
+from pipelines.engine import DEFAULT_ADAPTER, SamplingParams
+from pipelines.engine.transformers_engine import TransformersEngine
+from pipelines.errors import BadInput, ModelNotAvailable
+from pipelines.sql.prompt import build_messages
+from pipelines.sql.schema import read_schema_from_path
+from tests.conftest import TAUGHT_QUESTION, TAUGHT_SQL
+
+GREEDY = SamplingParams(max_new_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama_dir, taught_adapter_dir):
+    return TransformersEngine(str(tiny_llama_dir), str(taught_adapter_dir))
+
+
+@pytest.fixture(scope="module")
+def messages(shop_db):
+    return build_messages(TAUGHT_QUESTION, read_schema_from_path(shop_db).to_ddl())
+
+
+def test_info_names_model_adapter_engine_device(engine, tiny_llama_dir, taught_adapter_dir):
+    assert engine.info.model == str(tiny_llama_dir)
+    assert engine.info.adapters == {"default": str(taught_adapter_dir)}
+    assert engine.info.default_adapter == "default"
+    assert engine.info.device == "cpu" and engine.info.dtype == "float32"
+    assert "transformers" in engine.info.engine
+
+
+def test_adapter_switches_per_request_without_reloading(engine, messages):
+    model_before = engine.model
+    tuned = engine.generate([messages], GREEDY)[0][0]
+    base = engine.generate([messages], GREEDY, adapter=None)[0][0]
+    again = engine.generate([messages], GREEDY, adapter="default")[0][0]
+    assert tuned.text == TAUGHT_SQL and tuned.finish_reason == "stop"
+    assert base.text != TAUGHT_SQL
+    assert again.text == tuned.text
+    assert engine.model is model_before
+
+
+def test_batches_of_different_lengths_match_single_prompts(engine, messages):
+    other = build_messages("Something else entirely, and longer than the first question", "CREATE TABLE t (id INTEGER);")
+    batch = engine.generate([messages, other], GREEDY)
+    assert batch[0][0].text == TAUGHT_SQL  # left padding must not disturb the shorter prompt
+    assert batch[1][0].text == engine.generate([other], GREEDY)[0][0].text
+
+
+def test_sampling_gives_n_per_prompt_and_is_seeded(engine, messages):
+    params = SamplingParams(max_new_tokens=8, temperature=1.5, n=3, seed=7)
+    first = engine.generate([messages, messages], params, adapter=None)
+    second = engine.generate([messages, messages], params, adapter=None)
+    assert [len(samples) for samples in first] == [3, 3]
+    assert [g.text for g in first[0]] == [g.text for g in second[0]]
+    assert len({g.text for samples in first for g in samples}) > 1  # actually sampled
+    assert all(g.completion_tokens <= 8 for samples in first for g in samples)
+
+
+def test_stream_yields_pieces_and_timings(engine, messages):
+    stream = engine.stream(messages, GREEDY)
+    pieces = list(stream)
+    assert "".join(pieces) == TAUGHT_SQL == stream.generation.text
+    assert len(pieces) > 1
+    assert stream.generation.finish_reason == "stop"
+    assert stream.ttft_ms > 0 and stream.tokens_per_s > 0
+    assert stream.prompt_tokens > 20
+
+
+def test_stream_stops_when_cancelled(engine, messages):
+    stream = engine.stream(messages, SamplingParams(max_new_tokens=200), adapter=None)
+    for count, _ in enumerate(stream, start=1):
+        if count == 3:
+            stream.cancel()
+    assert stream.generation.finish_reason == "cancelled"
+    assert stream.generation.completion_tokens < 200
+
+
+def test_concurrent_requests_each_get_their_own_answer(engine, messages):
+    """Several browser sessions at once: base and adapter requests interleave without mixing up."""
+    results: dict[int, str] = {}
+
+    def worker(i: int) -> None:
+        adapter = None if i % 2 else DEFAULT_ADAPTER
+        if i % 3 == 0:
+            results[i] = "".join(engine.stream(messages, GREEDY, adapter=adapter))
+        else:
+            results[i] = engine.generate([messages], GREEDY, adapter=adapter)[0][0].text
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    base = engine.generate([messages], GREEDY, adapter=None)[0][0].text
+    assert all(results[i] == (base if i % 2 else TAUGHT_SQL) for i in range(8))
+
+
+def test_load_another_adapter_by_name(tiny_llama_dir, taught_adapter_dir, messages):
+    engine = TransformersEngine(str(tiny_llama_dir))
+    assert engine.info.default_adapter is None
+    with pytest.raises(BadInput, match="no adapter named"):
+        engine.generate([messages], GREEDY, adapter="sql")
+    engine.load_adapter(str(taught_adapter_dir), "sql")
+    assert engine.generate([messages], GREEDY, adapter="sql")[0][0].text == TAUGHT_SQL
+    engine.set_default_adapter("sql")
+    assert engine.generate([messages], GREEDY)[0][0].text == TAUGHT_SQL
+
+
+def test_missing_model_and_adapter_are_clear_errors(tmp_path, tiny_llama_dir):
+    with pytest.raises(ModelNotAvailable, match="could not be loaded from that path"):
+        TransformersEngine(str(tmp_path / "nowhere"))
+    with pytest.raises(ModelNotAvailable, match="huggingface-cli download some-org/missing-model"):
+        TransformersEngine("some-org/missing-model")
+    with pytest.raises(ModelNotAvailable, match="adapter"):
+        TransformersEngine(str(tiny_llama_dir), str(tmp_path / "no-adapter"))

@@ -1,0 +1,80 @@
+import duckdb
+import pytest
+
+from pipelines.errors import BadInput
+from pipelines.sql.extract import extract_sql
+from pipelines.sql.prompt import build_messages, retry_messages
+from pipelines.sql.schema import read_schema, read_schema_from_path, schema_from_ddl
+
+
+def test_read_schema_renders_keys_and_types():
+    con = duckdb.connect()
+    con.execute("""
+        CREATE TABLE customers (id INTEGER PRIMARY KEY, "full name" VARCHAR);
+        CREATE TABLE orders (id INTEGER, line INTEGER, customer_id INTEGER REFERENCES customers(id),
+                             total DECIMAL(10,2), PRIMARY KEY (id, line));
+        INSERT INTO customers VALUES (1, 'a'), (2, 'b');
+    """)
+    schema = read_schema(con, with_row_counts=True)
+    assert schema.table_names() == ["customers", "orders"]
+    assert schema.to_ddl().splitlines() == [
+        'CREATE TABLE customers (id INTEGER PRIMARY KEY, "full name" VARCHAR);',
+        "CREATE TABLE orders (id INTEGER, line INTEGER, customer_id INTEGER, total DECIMAL(10,2), "
+        "PRIMARY KEY (id, line), FOREIGN KEY (customer_id) REFERENCES customers(id));",
+    ]
+    assert schema.table("CUSTOMERS").row_count == 2
+    assert schema.column_types()["orders"]["total"] == "DECIMAL(10,2)"
+
+
+def test_shop_schema_has_the_quickstart_shape(shop_db):
+    ddl = read_schema_from_path(shop_db).to_ddl()
+    assert "country VARCHAR" in ddl and "created_at TIMESTAMP" in ddl and "total DECIMAL(10,2)" in ddl
+    assert "FOREIGN KEY (customer_id) REFERENCES customers(id)" in ddl
+
+
+def test_schema_from_pasted_ddl():
+    schema = schema_from_ddl("CREATE TABLE t (id INT PRIMARY KEY, name TEXT); create table u (t_id int references t(id))")
+    assert schema.to_ddl() == (
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, name VARCHAR);\n"
+        "CREATE TABLE u (t_id INTEGER, FOREIGN KEY (t_id) REFERENCES t(id));"
+    )
+
+
+@pytest.mark.parametrize("ddl, message", [
+    ("", "at least one CREATE TABLE"),
+    ("DROP TABLE t", "only CREATE TABLE"),
+    ("CREATE TABLE t AS SELECT 1", "only CREATE TABLE"),
+    ("CREATE TABLE t (id INT", "could not parse"),
+    ("CREATE TABLE t (id NOSUCHTYPE)", "DuckDB refused"),
+])
+def test_bad_ddl_is_a_clear_error(ddl, message):
+    with pytest.raises(BadInput, match=message):
+        schema_from_ddl(ddl)
+
+
+def test_prompt_is_the_seed_format():
+    messages = build_messages("  How many? ", "CREATE TABLE t (id INTEGER);", "duckdb")
+    assert messages == [
+        {"role": "system", "content": "You translate natural language to DuckDB SQL.\n\nSchema:\nCREATE TABLE t (id INTEGER);"},
+        {"role": "user", "content": "How many?"},
+    ]
+    assert build_messages("q", "x", "sqlite")[0]["content"].startswith("You translate natural language to SQLite SQL.")
+    retry = retry_messages(messages, "SELECT nope", "Binder Error: column nope not found")
+    assert [m["role"] for m in retry] == ["system", "user", "assistant", "user"]
+    assert "Binder Error: column nope not found" in retry[-1]["content"]
+
+
+@pytest.mark.parametrize("reply, sql", [
+    ("SELECT 1;", "SELECT 1"),
+    ("Here you go:\n```sql\nSELECT a FROM t;\n```\nIt counts.", "SELECT a FROM t"),
+    ("```\nWITH a AS (SELECT 1) SELECT * FROM a\n```", "WITH a AS (SELECT 1) SELECT * FROM a"),
+    ("```sql\nSELECT 1", "SELECT 1"),  # reply cut off by max_new_tokens
+    ("The query is SELECT * FROM x WHERE y = ';'; hope it helps", "SELECT * FROM x WHERE y = ';'"),
+    ("SELECT a\nFROM t\n\nThis selects a.", "SELECT a\nFROM t"),
+    ("```python\nprint(1)\n```\n```sql\nSELECT 2\n```", "SELECT 2"),
+    ("SELECT 1; DROP TABLE t", "SELECT 1; DROP TABLE t"),  # kept whole: the guard refuses it with a reason
+    ("I cannot answer that.", None),
+    ("", None),
+])
+def test_extract_sql(reply, sql):
+    assert extract_sql(reply) == sql
