@@ -201,7 +201,8 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
             return
         try:
             database = _database(key, state, demos)
-            yield (gr.skip(), "Loading the model…", *[gr.skip()] * 7)
+            if loaded_engine(profile.sql_model, profile.sql_adapter) is None:
+                yield (gr.skip(), "Loading the model…", *[gr.skip()] * 7)
             engine = get_engine(profile.sql_model, profile.sql_adapter)
             adapter = None if adapter_choice == BASE else adapter_choice
             for event in ask_stream(text, database, engine, adapter=adapter):

@@ -136,10 +136,19 @@ def schema_from_ddl(ddl: str, dialect: str = "duckdb") -> Schema:
         for statement in statements:
             if not (isinstance(statement, exp.Create) and statement.kind == "TABLE") or statement.expression:
                 raise BadInput("only CREATE TABLE statements (without AS SELECT) are accepted as a schema")
-            try:
-                con.execute(statement.sql(dialect="duckdb"))
-            except duckdb.Error as error:
-                raise BadInput(f"DuckDB refused the DDL: {str(error).splitlines()[0]}") from None
+        # Tables may be pasted in any order, but a foreign key needs its target first: retry what failed
+        # until a round makes no progress.
+        pending = [statement.sql(dialect="duckdb") for statement in statements]
+        while pending:
+            failed: list[tuple[str, duckdb.Error]] = []
+            for sql in pending:
+                try:
+                    con.execute(sql)
+                except duckdb.Error as error:
+                    failed.append((sql, error))
+            if len(failed) == len(pending):
+                raise BadInput(f"DuckDB refused the DDL: {str(failed[0][1]).splitlines()[0]}")
+            pending = [sql for sql, _ in failed]
         return read_schema(con)
     finally:
         con.close()

@@ -1,0 +1,82 @@
+"""The real Gradio app, launched on localhost and driven through gradio_client."""
+
+import dataclasses
+
+import pytest
+from gradio_client import Client
+
+import app
+from pipelines.profiles import resolve_profile
+from tests.conftest import TAUGHT_QUESTION
+
+
+@pytest.fixture(scope="module")
+def profile(tiny_llama_dir, taught_adapter_dir):
+    return dataclasses.replace(resolve_profile("cpu"), sql_model=str(tiny_llama_dir), sql_adapter=str(taught_adapter_dir))
+
+
+@pytest.fixture(scope="module")
+def client(profile):
+    demo = app.build_app(profile)
+    demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(demo.local_url, verbose=False)
+    finally:
+        demo.close()
+
+
+def test_question_to_table_end_to_end(client):
+    sql, status, results, bar, line, timings, history, model_status = client.predict(
+        TAUGHT_QUESTION, "shop", "default", api_name="/ask")
+    assert sql.lower() == "select count(*) as customers from customers"
+    assert status == "1 row(s)."
+    assert results["headers"] == ["customers"] and results["data"] == [[5000]]
+    assert "first token" in timings and "attempts 1" in timings
+    assert history["data"][-1][2] == TAUGHT_QUESTION
+    assert "adapter" in model_status and "cpu" in model_status
+
+
+def test_base_model_failure_is_shown_plainly(client):
+    sql, status, *_ = client.predict(TAUGHT_QUESTION, "shop", "base", api_name="/ask")
+    assert status.startswith("**Error:**") and "after 3 attempts" in status
+
+
+def test_run_sql_with_a_chart(client):
+    query = "SELECT c.country, sum(o.total) AS revenue FROM orders o JOIN customers c ON c.id = o.customer_id GROUP BY ALL"
+    sql, status, results, bar, line, *_ = client.predict(query, "shop", api_name="/run_sql")
+    assert results["headers"] == ["country", "revenue"] and len(results["data"]) == 10
+    assert bar is not None and line is None  # categories -> bars
+
+
+def test_run_sql_refuses_writes(client):
+    _, status, *_ = client.predict("DELETE FROM orders", "shop", api_name="/run_sql")
+    assert status.startswith("**Error:** refused:")
+    _, _, results, *_ = client.predict("SELECT count(*) AS n FROM orders", "shop", api_name="/run_sql")
+    assert results["data"] == [[120000]]
+
+
+def test_time_series_gets_a_line_chart(client):
+    query = "SELECT date_trunc('month', created_at) AS month, sum(total) AS revenue FROM orders GROUP BY 1 ORDER BY 1"
+    *_, bar, line, _, _, _ = client.predict(query, "shop", api_name="/run_sql")
+    assert line is not None and bar is None
+
+
+def test_database_picker_shows_schema_and_examples(client):
+    ddl, description, examples = client.predict("world_1", api_name="/pick_database")
+    assert "CREATE TABLE city" in ddl and "Spider" in description
+
+
+def test_compare_streams_base_and_adapter(client):
+    outputs = client.predict(TAUGHT_QUESTION, "shop", api_name="/compare")
+    _, base_sql, base_status, _, tuned_sql, tuned_status, tuned_results = outputs
+    assert tuned_sql.lower() == "select count(*) as customers from customers"
+    assert tuned_results["data"] == [[5000]]
+    assert base_status.startswith("**Error:**")
+
+
+def test_pasted_schema_mode(client):
+    ddl = "CREATE TABLE customers (id INTEGER PRIMARY KEY, name VARCHAR);"
+    picker, message = client.predict(ddl, api_name="/use_schema")
+    assert picker == "pasted schema" and message == ""
+    _, message = client.predict("CREATE TABLE broken (", api_name="/use_schema")
+    assert message.startswith("**Error:** could not parse")

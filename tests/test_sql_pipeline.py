@@ -1,0 +1,105 @@
+"""The whole SQL pipeline on a tiny model: prompt -> generate -> extract -> validate -> execute -> Answer."""
+
+import duckdb
+import pytest
+
+from pipelines.engine.transformers_engine import TransformersEngine
+from pipelines.sql.databases import DuckDBDatabase, SchemaOnlyDatabase
+from pipelines.sql.pipeline import Answer, Progress, ask, ask_stream, run_sql
+from tests.conftest import TAUGHT_QUESTION, TAUGHT_SQL
+
+
+class RecordingEngine(TransformersEngine):
+    """The real engine, noting the conversations it was asked to continue."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.conversations = []
+
+    def stream(self, messages, *args, **kwargs):
+        self.conversations.append(messages)
+        return super().stream(messages, *args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama_dir, taught_adapter_dir):
+    return RecordingEngine(str(tiny_llama_dir), str(taught_adapter_dir))
+
+
+@pytest.fixture(scope="module")
+def shop(shop_db):
+    return DuckDBDatabase(shop_db)
+
+
+def test_adapter_answers_end_to_end(engine, shop):
+    answer = ask(TAUGHT_QUESTION, shop, engine)
+    assert answer.ok and answer.executed, answer.error
+    assert answer.columns == ["customers"] and answer.rows == [[50]] and answer.row_count == 1
+    assert answer.sql.lower() == TAUGHT_SQL.lower()
+    assert [a.stage for a in answer.attempts] == ["done"]
+    assert answer.attempts[0].reply == TAUGHT_SQL
+    t = answer.timings
+    assert t.ttft_ms > 0 and t.tokens_per_s > 0 and t.generation_ms > 0
+    assert t.validation_ms > 0 and t.execution_ms > 0
+    assert t.total_ms >= t.generation_ms + t.execution_ms
+    assert answer.database == "shop" and answer.adapter is not None
+
+
+def test_stream_reports_progress_then_the_answer(engine, shop):
+    events = list(ask_stream(TAUGHT_QUESTION, shop, engine))
+    progress, answer = events[:-1], events[-1]
+    assert isinstance(answer, Answer) and answer.ok
+    assert all(isinstance(e, Progress) for e in progress)
+    replies = [e.reply for e in progress if e.stage == "generating"]
+    assert replies[-1] == TAUGHT_SQL and len(replies) > 1  # the SQL grows token by token
+    assert progress[-1].stage == "executing"
+
+
+def test_base_model_retries_with_the_error_and_keeps_every_attempt(engine, shop):
+    engine.conversations.clear()
+    answer = ask(TAUGHT_QUESTION, shop, engine, adapter=None, max_retries=2)
+    assert not answer.ok and not answer.executed
+    assert len(answer.attempts) == 3
+    assert all(a.error for a in answer.attempts)
+    assert answer.error == answer.attempts[-1].error
+    # each retry continues the conversation with the model's reply and the error
+    first, second, third = engine.conversations
+    assert second[:2] == first and second[2] == {"role": "assistant", "content": answer.attempts[0].reply}
+    assert answer.attempts[0].error in second[3]["content"]
+    assert len(third) == 6
+
+
+def test_execution_error_goes_back_to_the_model(engine, shop_db, tmp_path):
+    broken = tmp_path / "broken.duckdb"
+    with duckdb.connect(str(broken)) as con:  # a `customers` that fails when it is read
+        con.execute("CREATE VIEW customers AS SELECT 1 AS id FROM range(3) WHERE error('the customers view is broken') IS NULL")
+    database = DuckDBDatabase(shop_db)  # the prompt shows the shop's schema (what the adapter learned) ...
+    database.path = broken  # ... and the sandbox runs the query on the broken file
+    engine.conversations.clear()
+    answer = ask(TAUGHT_QUESTION, database, engine, max_retries=1)
+    first = answer.attempts[0]
+    assert first.stage == "execute" and "the customers view is broken" in first.error
+    assert len(answer.attempts) == 2
+    assert "the customers view is broken" in engine.conversations[1][-1]["content"]
+
+
+def test_no_retries(engine, shop):
+    assert len(ask(TAUGHT_QUESTION, shop, engine, adapter=None, max_retries=0).attempts) == 1
+
+
+def test_schema_only_mode_validates_without_running(engine, shop):
+    pasted = SchemaOnlyDatabase(shop.schema.to_ddl())
+    answer = ask(TAUGHT_QUESTION, pasted, engine)
+    assert answer.ok and not answer.executed and answer.rows == []
+    assert answer.sql.lower() == TAUGHT_SQL.lower()
+
+
+def test_hand_typed_sql(shop):
+    answer = run_sql("SELECT country, count(*) AS n FROM customers GROUP BY country ORDER BY n DESC", shop)
+    assert answer.ok and answer.executed and answer.columns == ["country", "n"]
+    assert sum(row[1] for row in answer.rows) == 50
+    refused = run_sql("DROP TABLE customers", shop)
+    assert not refused.ok and refused.error.startswith("refused:")
+    assert run_sql("   ", shop).error == "type a SQL query first"
+    broken = run_sql("SELECT nope FROM customers", shop)
+    assert not broken.ok and "nope" in broken.error
