@@ -1,0 +1,265 @@
+"""The SQL guard: an allowlist check of one query before it may run, with a one-line reason on refusal.
+
+What passes (everything else is refused):
+- exactly one statement, and it is a query: SELECT / WITH / UNION-INTERSECT-EXCEPT / VALUES (with DuckDB's
+  extras: FROM-first, QUALIFY, GROUP BY ALL, `* EXCLUDE`, COLUMNS, ...), or DESCRIBE / SUMMARIZE / EXPLAIN of one;
+- no statement of any other kind anywhere inside it (DML in a CTE, SELECT ... INTO);
+- every table is a table of the database (or a CTE in scope); no other catalog or schema, no file, glob or URL
+  (`FROM 'x.csv'` is DuckDB's replacement scan);
+- table functions only from TABLE_FUNCTIONS; other functions are DuckDB built-ins minus FORBIDDEN_FUNCTIONS.
+
+The query is parsed by sqlglot in the dialect it was written in and `normalized` is sqlglot's DuckDB rendering of
+the checked tree: what runs is exactly what was checked, so DuckDB never sees text the guard did not parse.
+The guard is one layer; the sandbox (sandbox.py) assumes it can be wrong.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
+
+MAX_SQL_CHARS = 100_000
+
+# Table functions that compute rows from their arguments only: no files, network, catalog or settings.
+TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest", "json_each", "json_tree"})
+_TABLE_FUNCTION_CLASSES = (exp.GenerateSeries, exp.ExplodingGenerateSeries, exp.Unnest, exp.Explode)
+
+# Built-in scalar functions that change state, wait, or read the configuration.
+FORBIDDEN_FUNCTIONS = frozenset({
+    "nextval", "currval", "setval", "write_log", "sleep_ms", "pg_sleep", "current_setting", "getenv",
+    "query", "query_table", "glob", "read_blob", "read_text", "read_csv", "read_csv_auto", "read_json",
+    "read_json_auto", "read_ndjson", "read_parquet", "parquet_scan", "read_duckdb", "sniff_csv",
+    "json_execute_serialized_sql",
+})
+_FORBIDDEN_FUNCTION_CLASSES = tuple(getattr(exp, name) for name in (
+    "ReadCSV", "ReadParquet", "NextValueFor", "ToFile", "Secret") if hasattr(exp, name))
+
+# Statement kinds that must not appear anywhere in a query. DDL/DML are sqlglot base classes (INSERT, UPDATE,
+# DELETE, MERGE, CREATE, DROP, ALTER, ...); Command is sqlglot's fallback for what it cannot parse (LOAD,
+# CALL, VACUUM, PREPARE, EXECUTE, RESET, EXPLAIN, CREATE SECRET), so it is refused as a whole too.
+_STATEMENT_CLASSES = tuple(getattr(exp, name) for name in (
+    "DDL", "DML", "Create", "Drop", "Alter", "Insert", "Update", "Delete", "Merge", "Command", "Copy", "Set",
+    "Pragma", "Use", "Transaction", "Commit", "Rollback", "Attach", "Detach", "Install", "Grant", "Revoke", "Kill",
+    "LoadData", "Cache", "Uncache", "Refresh", "TruncateTable", "Export", "Analyze", "Declare", "Show", "Comment",
+    "Execute", "Into", "Describe", "Summarize",
+) if hasattr(exp, name))
+_QUERY_CLASSES = (exp.Query, exp.Values)  # Select, Union, Intersect, Except, VALUES, parenthesised queries
+
+_EXPLAIN = re.compile(r"\s*EXPLAIN(\s+ANALY[SZ]E)?\s+", re.I)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+# What DuckDB would read as a file or URL when it is not a table: a path, a glob, a scheme or an extension.
+_PATH_LIKE = re.compile(r"[/\\:*?~]|\.[A-Za-z0-9]{1,8}$")
+
+
+def _not_command_fallback(record: logging.LogRecord) -> bool:
+    """sqlglot warns when it falls back to a raw Command; the guard refuses those with its own reason."""
+    return "Falling back to parsing as a 'Command'" not in record.getMessage()
+
+
+logging.getLogger("sqlglot").addFilter(_not_command_fallback)
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    sql: str
+    allowed: bool
+    reason: str | None
+    normalized: str | None  # the DuckDB SQL to execute (None when refused)
+
+
+class _Refused(Exception):
+    """Internal: carries the one-line reason out of the tree walk."""
+
+
+def check_sql(sql: str, known_tables: Iterable[str] | None = None, *, dialect: str = "duckdb") -> GuardResult:
+    """Allow `sql` only if it is one read-only query over `known_tables` (None: don't check table names).
+
+    Never raises: anything unexpected, including sqlglot failures and recursion limits, is a refusal.
+    """
+    try:
+        tables = None if known_tables is None else {str(name).lower(): str(name) for name in known_tables}
+        return GuardResult(sql, True, None, _check(sql, tables, dialect))
+    except _Refused as refusal:
+        return GuardResult(sql if isinstance(sql, str) else repr(sql), False, str(refusal), None)
+    except RecursionError:
+        return GuardResult(sql, False, "the query is nested too deeply to check", None)
+    except Exception as error:  # a guard bug must refuse, never crash the caller
+        return GuardResult(sql if isinstance(sql, str) else repr(sql), False,
+                           f"the query could not be checked ({type(error).__name__})", None)
+
+
+def _check(sql: str, tables: dict[str, str] | None, dialect: str) -> str:
+    if not isinstance(sql, str):
+        raise _Refused("the query must be text")
+    if not sql.strip():
+        raise _Refused("the query is empty: write a SELECT statement")
+    if len(sql) > MAX_SQL_CHARS:
+        raise _Refused(f"the query is too long ({len(sql):,} characters; the limit is {MAX_SQL_CHARS:,})")
+    if _CONTROL.search(sql):
+        raise _Refused("the query contains control characters")
+    if dialect not in _dialects():
+        raise _Refused(f"unknown SQL dialect {dialect!r}")
+    explain = _EXPLAIN.match(sql)
+    if explain:  # sqlglot cannot parse EXPLAIN: check what it explains, then put the prefix back
+        if _EXPLAIN.match(sql[explain.end():]):
+            raise _Refused("EXPLAIN works on one query, not on another EXPLAIN")
+        inner = _check(sql[explain.end():], tables, dialect)
+        return f"EXPLAIN {'ANALYZE ' if explain.group(1) else ''}{inner}"
+    statement = _parse_one(sql, dialect)
+    _check_statement(statement, tables)
+    return statement.sql(dialect="duckdb")
+
+
+@functools.cache
+def _dialects() -> frozenset[str]:
+    return frozenset(d.value for d in sqlglot.Dialects if d.value)
+
+
+def _parse_one(sql: str, dialect: str) -> exp.Expression:
+    try:
+        statements = sqlglot.parse(sql, read=dialect)
+    except sqlglot.errors.ParseError as error:
+        raise _Refused(f"could not parse the SQL: {_parse_error_text(error)}") from None
+    except sqlglot.errors.TokenError as error:
+        raise _Refused(f"could not read the SQL: {str(error).splitlines()[0][:200]}") from None
+    # Empty statements (`;;`) and trailing comments (`SELECT 1; -- done`) are not statements.
+    statements = [s for s in statements if s is not None and not isinstance(s, exp.Semicolon)]
+    if not statements:
+        raise _Refused("the query is empty: write a SELECT statement")
+    if len(statements) > 1:
+        raise _Refused(f"only one statement can run at a time (found {len(statements)})")
+    return statements[0]
+
+
+def _parse_error_text(error: sqlglot.errors.ParseError) -> str:
+    if error.errors:
+        first = error.errors[0]
+        near = (first.get("highlight") or "").strip()
+        where = f" at line {first.get('line')}, column {first.get('col')}"
+        return f"{first.get('description')}{where}" + (f" near {near[:40]!r}" if near else "")
+    return str(error).splitlines()[0][:200]
+
+
+def _check_statement(statement: exp.Expression, tables: dict[str, str] | None) -> None:
+    target = statement
+    if isinstance(statement, (exp.Describe, exp.Summarize)):  # read-only DuckDB extras over a table or query
+        target = statement.this
+        if not isinstance(target, (exp.Table, *_QUERY_CLASSES)):
+            raise _Refused(f"{_kind(statement)} works on one table or query only")
+    elif not isinstance(statement, _QUERY_CLASSES):
+        raise _Refused(f"only read-only queries (SELECT, WITH, VALUES) can run; this is {_kind_phrase(statement)}")
+    for node in target.walk():
+        if node is not target and isinstance(node, _STATEMENT_CLASSES):
+            if isinstance(node, exp.Into):
+                raise _Refused("SELECT ... INTO would create a table: remove the INTO clause")
+            raise _Refused(f"only reading is allowed, but the query contains {_kind_phrase(node)}")
+        if isinstance(node, exp.Table):
+            _check_table(node, tables)
+        elif isinstance(node, exp.Func):
+            _check_function(node)
+        elif isinstance(node, exp.Lateral) and isinstance(node.this, exp.Func):
+            _check_table_function(node.this)
+
+
+def _check_table(table: exp.Table, tables: dict[str, str] | None) -> None:
+    if isinstance(table.this, exp.Func):  # a table function: FROM range(10), FROM read_csv('x')
+        _check_table_function(table.this)
+        return
+    if not isinstance(table.this, exp.Identifier):
+        raise _Refused(f"unsupported table reference {table.sql(dialect='duckdb')[:60]!r}")
+    name = table.name
+    if table.args.get("catalog") or (table.db and table.db.lower() != "main"):
+        raise _Refused(f"only the tables of this database can be read, not {table.sql(dialect='duckdb')}")
+    if table.args.get("when") is not None:
+        raise _Refused("time travel (AT ...) is not supported")
+    lowered = name.lower()
+    if tables is not None and lowered in tables:
+        return
+    if _PATH_LIKE.search(name):
+        raise _Refused(f"reading files or URLs is not allowed ({name!r})")
+    if lowered in _visible_ctes(table):
+        return
+    if tables is not None:
+        known = ", ".join(sorted(tables.values())[:12]) + (", ..." if len(tables) > 12 else "")
+        raise _Refused(f"unknown table {name!r} (tables: {known or 'none'})")
+
+
+def _visible_ctes(node: exp.Expression) -> set[str]:
+    """CTE names defined by the WITH clauses of the queries that enclose `node`."""
+    names: set[str] = set()
+    parent = node.parent
+    while parent is not None:
+        with_clause = parent.args.get("with_") or parent.args.get("with")
+        if isinstance(with_clause, exp.With):
+            names.update(cte.alias.lower() for cte in with_clause.expressions if isinstance(cte, exp.CTE))
+        parent = parent.parent
+    return names
+
+
+def _check_table_function(func: exp.Expression) -> None:
+    if isinstance(func, _TABLE_FUNCTION_CLASSES):
+        return
+    name = _function_name(func)
+    if name not in TABLE_FUNCTIONS:
+        raise _Refused(f"table function {name}() is not allowed (allowed: {', '.join(sorted(TABLE_FUNCTIONS))})")
+
+
+def _check_function(func: exp.Func) -> None:
+    if isinstance(func, _FORBIDDEN_FUNCTION_CLASSES):
+        raise _Refused(f"{_function_name(func)}() is not allowed: it reads files or changes state")
+    if isinstance(func.parent, (exp.Table, exp.Lateral)) and func.parent.this is func:
+        return  # a table function, checked with its table
+    if not isinstance(func, exp.Anonymous):
+        return  # a function sqlglot knows by type: a standard one, rendered as DuckDB's own name
+    name = _function_name(func)
+    if name in FORBIDDEN_FUNCTIONS:
+        raise _Refused(f"{name}() is not allowed: it reads settings, files or changes state")
+    if name not in _duckdb_functions():
+        raise _Refused(f"unknown function {name}()")
+
+
+def _function_name(func: exp.Expression) -> str:
+    if isinstance(func, exp.Anonymous):
+        return func.name.lower()
+    return func.sql(dialect="duckdb").split("(", 1)[0].strip().lower()
+
+
+@functools.cache
+def _duckdb_functions() -> frozenset[str]:
+    """The scalar, aggregate, window and macro functions DuckDB has built in (read once from DuckDB itself)."""
+    import duckdb
+
+    with duckdb.connect(":memory:", config={"enable_external_access": False}) as con:
+        rows = con.execute(
+            "SELECT DISTINCT lower(function_name) FROM duckdb_functions() "
+            "WHERE function_type IN ('scalar', 'aggregate', 'window', 'macro')"
+        ).fetchall()
+    return frozenset(name for (name,) in rows) - FORBIDDEN_FUNCTIONS
+
+
+def _kind(node: exp.Expression) -> str:
+    """What a person calls this statement: DELETE, COPY, LOAD ..."""
+    if isinstance(node, exp.Command):
+        return str(node.this).upper()
+    if isinstance(node, (exp.Create, exp.Drop)):
+        kind = node.args.get("kind")
+        return f"{type(node).__name__.upper()} {kind}" if kind else type(node).__name__.upper()
+    if isinstance(node, exp.Transaction):
+        return "BEGIN TRANSACTION"
+    if isinstance(node, exp.Column) and not node.table:
+        return node.name.upper()  # a lone word such as CHECKPOINT parses as a column
+    names = {"TruncateTable": "TRUNCATE", "LoadData": "LOAD DATA", "Into": "SELECT INTO"}
+    return names.get(type(node).__name__, type(node).__name__.upper())
+
+
+def _kind_phrase(node: exp.Expression) -> str:
+    if isinstance(node, _STATEMENT_CLASSES) or isinstance(node, exp.Column) and not node.table:
+        kind = _kind(node)
+        return f"{'an' if kind[0] in 'AEIOU' else 'a'} {kind} statement"
+    return f"not a query ({node.sql(dialect='duckdb')[:40]!r})"

@@ -1,0 +1,335 @@
+"""The SQL sandbox: run one query read-only, bounded in time, memory, rows and bytes, in a worker process.
+
+Defence in depth, each layer assuming the one before it failed:
+1. the guard (guard.py), in `run_guarded` only;
+2. DuckDB's own parser must see exactly one SELECT (sandbox_worker.check_statement);
+3. a fresh read-only connection per query with external access, extension loading and Python replacement scans
+   off, memory/threads/temp-space limits, and the configuration locked;
+4. a watchdog that interrupts the query at the timeout, a row cap and a result-size cap;
+5. a worker process with OS limits (address space, no file writes, no core dumps) and a scrubbed environment,
+   killed and replaced when it overruns the timeout or dies, so nothing a query does can take the app down.
+
+`isolation="inline"` runs layers 2-4 in this process instead (no OS limits, no hard kill): for measurements and
+for platforms without `resource`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pipelines.errors import BadInput
+from pipelines.sql import sandbox_worker
+
+WORKER_SCRIPT = Path(sandbox_worker.__file__)
+WORKER_START_TIMEOUT_S = 60.0
+MAX_QUERIES_PER_WORKER = 500  # recycle now and then: a long-lived process only grows
+ERROR_KINDS = ("blocked", "timeout", "memory", "sql_error", "bad_input")
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    timeout_s: float = 10.0
+    max_rows: int = 1000
+    memory_limit: str = "1GB"  # DuckDB's buffer manager limit
+    threads: int = 2
+    max_result_bytes: int = 8_000_000
+    max_temp_directory_size: str = "0GB"  # no spilling to disk: a read-only sandbox writes nothing
+    process_memory_mb: int | None = None  # worker address-space limit; None: 1 GB + 3 x memory_limit
+    kill_grace_s: float = 2.0  # how long past the timeout before the worker is killed outright
+    isolation: str = "process"  # "process" or "inline"
+
+
+@dataclass
+class QueryError:
+    kind: str  # blocked | timeout | memory | sql_error | bad_input
+    message: str
+
+
+@dataclass
+class QueryResult:
+    sql: str
+    ok: bool
+    columns: list[str] = field(default_factory=list)
+    rows: list[list] = field(default_factory=list)
+    row_count: int = 0
+    truncated: bool = False
+    elapsed_ms: float = 0.0
+    error: QueryError | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def failed(sql: str, kind: str, message: str, elapsed_ms: float = 0.0) -> QueryResult:
+    return QueryResult(sql=sql, ok=False, elapsed_ms=elapsed_ms, error=QueryError(kind, message))
+
+
+def run_query(db_path: str | Path, sql: str, limits: SandboxLimits = SandboxLimits()) -> QueryResult:
+    """Run `sql` in the sandbox, without the guard. Never raises for anything the query does."""
+    started = time.perf_counter()
+    try:
+        db_path = _check_inputs(db_path, sql, limits)
+    except BadInput as error:
+        return failed(sql if isinstance(sql, str) else repr(sql), "bad_input", str(error))
+    request_limits = {**asdict(limits), "process_memory_bytes": _process_memory_bytes(limits)}
+    if limits.isolation == "inline":
+        reply = sandbox_worker.execute(str(db_path), sql, request_limits)
+    else:
+        reply = _pool().run({"db": str(db_path), "sql": sql, "limits": request_limits}, limits)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    error = reply.get("error")
+    return QueryResult(
+        sql=sql, ok=error is None, columns=list(reply.get("columns") or []), rows=reply.get("rows") or [],
+        row_count=int(reply.get("row_count") or 0), truncated=bool(reply.get("truncated")), elapsed_ms=elapsed_ms,
+        error=QueryError(error["kind"], error["message"]) if error else None,
+    )
+
+
+def run_guarded(db_path: str | Path, sql: str, limits: SandboxLimits = SandboxLimits(), *,
+                dialect: str = "duckdb") -> QueryResult:
+    """The guard (with the database's own table names), then the sandbox on the guard's normalized SQL."""
+    from pipelines.sql.guard import check_sql
+
+    started = time.perf_counter()
+    try:
+        tables = table_names(db_path)
+    except BadInput as error:
+        return failed(sql if isinstance(sql, str) else repr(sql), "bad_input", str(error))
+    verdict = check_sql(sql, tables, dialect=dialect)
+    if not verdict.allowed:
+        return failed(verdict.sql, "blocked", verdict.reason or "refused",
+                      (time.perf_counter() - started) * 1000)
+    result = run_query(db_path, verdict.normalized, limits)
+    result.sql = sql
+    result.elapsed_ms = (time.perf_counter() - started) * 1000
+    return result
+
+
+def table_names(db_path: str | Path) -> list[str]:
+    """The database's tables and views, cached per file version (the guard needs them on every query)."""
+    path = Path(db_path)
+    try:
+        stat = path.stat()
+    except OSError:
+        raise BadInput(f"no such database file: {path}") from None
+    return list(_table_names(str(path.resolve()), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=64)
+def _table_names(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    import duckdb
+
+    from pipelines.sql.schema import read_schema_from_path
+
+    _check_database_file(Path(path))
+    try:
+        return tuple(read_schema_from_path(path).table_names())
+    except duckdb.Error as error:
+        raise BadInput(f"cannot open the database: {str(error).splitlines()[0]}") from None
+
+
+# -- inputs ------------------------------------------------------------------------------------------------------
+def _check_inputs(db_path: str | Path, sql: str, limits: SandboxLimits) -> Path:
+    if not isinstance(sql, str) or not sql.strip():
+        raise BadInput("the query is empty")
+    if "\x00" in sql:
+        raise BadInput("the query contains a NUL character")
+    if limits.timeout_s <= 0 or limits.max_rows < 0 or limits.max_result_bytes <= 0 or limits.threads < 1:
+        raise BadInput("timeout, threads and result limits must be positive")
+    if limits.isolation not in ("process", "inline"):
+        raise BadInput(f"unknown isolation {limits.isolation!r} (process or inline)")
+    _memory_bytes(limits.memory_limit)
+    path = Path(db_path)
+    _check_database_file(path)
+    return path.resolve()
+
+
+def _check_database_file(path: Path) -> None:
+    if not path.is_file():
+        raise BadInput(f"no such database file: {path}")
+    with open(path, "rb") as handle:
+        header = handle.read(12)
+    if header[8:12] != b"DUCK":
+        raise BadInput(f"not a DuckDB database: {path.name} (import CSV, Parquet or SQLite files first)")
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)\s*$", re.I)
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def _memory_bytes(text: str) -> int:
+    match = _SIZE.match(str(text))
+    if not match or match.group(2).upper() not in _UNITS:
+        raise BadInput(f"bad memory size {text!r} (use e.g. 500MB or 1GB)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def _process_memory_bytes(limits: SandboxLimits) -> int:
+    """Address space, not resident memory: Python, DuckDB's threads and allocator arenas reserve ~1 GB idle."""
+    if limits.process_memory_mb:
+        return limits.process_memory_mb * 2**20
+    return 2**30 + 3 * _memory_bytes(limits.memory_limit)
+
+
+# -- worker processes ----------------------------------------------------------------------------------------------
+class _Worker:
+    """One `python -I sandbox_worker.py` process, in its own empty folder, with a scrubbed environment."""
+
+    def __init__(self) -> None:
+        self.folder = tempfile.mkdtemp(prefix="voxql-sql-worker-")
+        env = {"HOME": self.folder, "TMPDIR": self.folder, "PATH": os.defpath, "LANG": "C.UTF-8",
+               "MALLOC_ARENA_MAX": "2"}  # fewer glibc arenas: less address space reserved per thread
+        self.process = subprocess.Popen(
+            [sys.executable, "-I", str(WORKER_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, cwd=self.folder, env=env, start_new_session=True,
+        )
+        self.queries = 0
+        self._buffer = b""
+        if self._read_line(time.monotonic() + WORKER_START_TIMEOUT_S, 1024) is None:
+            self.kill()
+            raise RuntimeError("the SQL sandbox worker did not start")
+
+    def ask(self, request: dict, deadline: float, max_bytes: int) -> dict | None:
+        """The worker's reply, or None when it died, overran the deadline or sent too much."""
+        try:
+            self.process.stdin.write(json.dumps(request).encode() + b"\n")
+            self.process.stdin.flush()
+        except OSError:
+            return None
+        self.queries += 1
+        line = self._read_line(deadline, max_bytes)
+        if line is None:
+            return None
+        try:
+            reply = json.loads(line)
+            reply["rows"] = sandbox_worker.decode_rows(reply.get("rows") or [])
+        except (ValueError, TypeError, KeyError):
+            return None  # not what a healthy worker writes: treat it as broken
+        return reply
+
+    def _read_line(self, deadline: float, max_bytes: int) -> bytes | None:
+        fd = self.process.stdout.fileno()
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or len(self._buffer) > max_bytes:
+                return None
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if ready:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:  # EOF: the worker died
+                    return None
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def exit_reason(self) -> str:
+        code = self.process.poll()
+        if code is None:
+            return "it overran its time"
+        return f"it exited with code {code}" if code >= 0 else f"it was killed by signal {-code}"
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class WorkerPool:
+    """Up to `size` worker processes, reused across queries; a broken one is killed and replaced on demand."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self._idle: list[_Worker] = []
+        self._count = 0
+        self._cond = threading.Condition()
+
+    def run(self, request: dict, limits: SandboxLimits) -> dict:
+        try:
+            worker = self._acquire()
+        except (OSError, RuntimeError) as error:
+            return {"error": {"kind": "sql_error", "message": f"the SQL sandbox could not start: {error}"}}
+        deadline = time.monotonic() + limits.timeout_s + max(limits.kill_grace_s, 0.25 * limits.timeout_s)
+        reply = None
+        try:
+            reply = worker.ask(request, deadline, 2 * limits.max_result_bytes + 1_000_000)
+        finally:
+            self._release(worker, healthy=reply is not None)
+        if reply is not None:
+            return reply
+        if time.monotonic() >= deadline:
+            return {"error": {"kind": "timeout", "message": f"the query ran longer than {limits.timeout_s:g} s; "
+                                                           "its sandbox process was stopped"}}
+        return {"error": {"kind": "memory", "message": "the query crashed its sandbox process "
+                                                      f"({worker.exit_reason()}), most likely by running out of "
+                                                      f"memory; the sandbox was restarted"}}
+
+    def warm(self) -> None:
+        """Start one worker ahead of the first query (about 0.1-0.3 s)."""
+        self._release(self._acquire(), healthy=True)
+
+    def _acquire(self) -> _Worker:
+        with self._cond:
+            while not self._idle and self._count >= self.size:
+                self._cond.wait()
+            if self._idle:
+                return self._idle.pop()
+            self._count += 1
+        try:
+            return _Worker()
+        except BaseException:
+            with self._cond:
+                self._count -= 1
+                self._cond.notify()
+            raise
+
+    def _release(self, worker: _Worker, *, healthy: bool) -> None:
+        recycle = not healthy or worker.queries >= MAX_QUERIES_PER_WORKER or worker.process.poll() is not None
+        if recycle:
+            worker.kill()
+        with self._cond:
+            if recycle:
+                self._count -= 1
+            else:
+                self._idle.append(worker)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            idle, self._idle = self._idle, []
+            self._count -= len(idle)
+        for worker in idle:
+            worker.kill()
+
+
+@functools.cache
+def _pool() -> WorkerPool:
+    """The process's pool (a cache of started workers, like a loaded model). VOXQL_SQL_WORKERS sets its size."""
+    size = int(os.environ.get("VOXQL_SQL_WORKERS") or min(4, os.cpu_count() or 1))
+    pool = WorkerPool(size)
+    atexit.register(pool.close)
+    return pool
+
+
+def warm_up() -> None:
+    """Start a sandbox worker now (the app calls this at launch so the first query doesn't wait for it)."""
+    _pool().warm()
