@@ -14,9 +14,11 @@ import threading
 import gradio as gr
 
 from components.ask import build_ask_tab
+from components.listen import build_listen_tab
 from pipelines.engine import get_engine
 from pipelines.errors import VoxQLError
 from pipelines.profiles import Profile, resolve_profile
+from pipelines.sql import sandbox
 from pipelines.sql.demo_data import ensure_demo_databases
 
 log = logging.getLogger("voxql")
@@ -24,7 +26,8 @@ log = logging.getLogger("voxql")
 INTRO = (
     "# VoxQL\n"
     "Ask your data in plain words: a fine-tuned model writes the SQL, a guard checks it and a read-only sandbox "
-    "runs it. Nothing you type can change the data."
+    "runs it. Nothing you type can change the data. **Listen** turns speech into a transcript with expressive tags "
+    "that you can send as a question."
 )
 
 
@@ -34,13 +37,16 @@ def build_app(profile: Profile) -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Tabs() as tabs:
             with gr.Tab("Ask your data", id="ask"):
-                build_ask_tab(profile, demos)
+                ask = build_ask_tab(profile, demos)
+            with gr.Tab("Listen", id="listen"):
+                build_listen_tab(profile, ask.question, tabs)
     demo.voxql_tabs = tabs  # for tests that drive tab switching
     return demo
 
 
 def warm_up(profile: Profile) -> None:
-    """Load the SQL model in the background so the first question does not wait for it."""
+    """Start the SQL workers and load the SQL model in the background, so the first question waits for neither."""
+    sandbox.warm_up()
 
     def load() -> None:
         try:

@@ -221,24 +221,24 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
         except VoxQLError as error:
             return failed(str(error))
 
-    def compare_answers(text: str, key: str, state: dict):
+    def compare_answers(text: str, key: str, adapter_choice: str, state: dict):
         """Stream the base model's answer, then the adapter's, into two columns."""
-        empty = [gr.skip()] * 6
+        def problem(message: str) -> tuple:
+            return gr.Accordion(open=True), "", error_markdown(message), None, "", "", None
+
         if not text or not text.strip():
-            yield (gr.Accordion(open=True), "", error_markdown("type a question first"), None, *empty[:3])
+            yield problem("type a question first")
             return
         try:
             database = _database(key, state, demos)
             engine = get_engine(profile.sql_model, profile.sql_adapter)
-            tuned = engine.info.default_adapter
+            tuned = adapter_choice if adapter_choice != BASE else engine.info.default_adapter
             if tuned is None:
                 raise BadInput("no adapter is loaded for this model, so there is nothing to compare with "
                                "(set VOXQL_SQL_ADAPTER or load one from the Train tab)")
-            columns = {None: 0, tuned: 3}
-            for adapter in (None, tuned):
-                at = columns[adapter]
+            values = ["", "Waiting…", None, "", "Waiting…", None]  # base sql/status/result, then the adapter's
+            for at, adapter in ((0, None), (3, tuned)):
                 for event in ask_stream(text, database, engine, adapter=adapter):
-                    values = [gr.skip()] * 6
                     if isinstance(event, Progress):
                         values[at:at + 2] = [extract_sql(event.reply) or event.reply, "Generating…"]
                     else:
@@ -246,7 +246,7 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
                                              results_frame(event.columns, event.rows)]
                     yield (gr.Accordion(open=True), *values)
         except VoxQLError as error:
-            yield (gr.Accordion(open=True), "", error_markdown(str(error)), None, *empty[:3])
+            yield problem(str(error))
 
     def upload_file(file: str | None, state: dict):
         if not file:
@@ -281,7 +281,7 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
     gr.on([question.submit, ask.click], ask_question, [question, db_picker, adapter_picker, session, history],
           answer_outputs, api_name="ask", **model_events)
     run_button.click(run_typed_sql, [sql, db_picker, session, history], answer_outputs, api_name="run_sql")
-    compare.click(compare_answers, [question, db_picker, session],
+    compare.click(compare_answers, [question, db_picker, adapter_picker, session],
                   [compare_box, base_sql, base_status, base_results, tuned_sql, tuned_status, tuned_results],
                   api_name="compare", **model_events)
     db_picker.change(pick_database, [db_picker, session], [schema_view, db_info, examples], api_name="pick_database")

@@ -11,6 +11,11 @@ from pathlib import Path
 
 import pytest
 
+# Before anything imports huggingface_hub (gradio does, at collection): it reads this once, at import, and a
+# lookup of a missing Hub id would otherwise wait on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPIDER_DIR = Path(os.environ.get("VOXQL_SPIDER_DIR") or REPO_ROOT.parent / "shared" / "spider")
 
@@ -24,8 +29,6 @@ def voxql_cache(tmp_path_factory) -> Path:
     """One model cache for the whole run (the embedded model converts once), never the user's own."""
     path = Path(os.environ.get("VOXQL_TEST_CACHE") or tmp_path_factory.mktemp("voxql-cache"))
     os.environ["VOXQL_CACHE"] = str(path)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     return path
 
 

@@ -45,7 +45,7 @@ def test_run_sql_with_a_chart(client):
     query = "SELECT c.country, sum(o.total) AS revenue FROM orders o JOIN customers c ON c.id = o.customer_id GROUP BY ALL"
     sql, status, results, bar, line, *_ = client.predict(query, "shop", api_name="/run_sql")
     assert results["headers"] == ["country", "revenue"] and len(results["data"]) == 10
-    assert bar is not None and line is None  # categories -> bars
+    assert bar["visible"] and bar["value"]["mark"] == "bar" and not line["visible"]  # categories -> bars
 
 
 def test_run_sql_refuses_writes(client):
@@ -58,7 +58,7 @@ def test_run_sql_refuses_writes(client):
 def test_time_series_gets_a_line_chart(client):
     query = "SELECT date_trunc('month', created_at) AS month, sum(total) AS revenue FROM orders GROUP BY 1 ORDER BY 1"
     *_, bar, line, _, _, _ = client.predict(query, "shop", api_name="/run_sql")
-    assert line is not None and bar is None
+    assert line["visible"] and line["value"]["mark"] == "line" and not bar["visible"]
 
 
 def test_database_picker_shows_schema_and_examples(client):
@@ -67,8 +67,8 @@ def test_database_picker_shows_schema_and_examples(client):
 
 
 def test_compare_streams_base_and_adapter(client):
-    outputs = client.predict(TAUGHT_QUESTION, "shop", api_name="/compare")
-    _, base_sql, base_status, _, tuned_sql, tuned_status, tuned_results = outputs
+    outputs = client.predict(TAUGHT_QUESTION, "shop", "default", api_name="/compare")
+    base_sql, base_status, _, tuned_sql, tuned_status, tuned_results = outputs  # (the accordion is layout)
     assert tuned_sql.lower() == "select count(*) as customers from customers"
     assert tuned_results["data"] == [[5000]]
     assert base_status.startswith("**Error:**")
@@ -77,6 +77,7 @@ def test_compare_streams_base_and_adapter(client):
 def test_pasted_schema_mode(client):
     ddl = "CREATE TABLE customers (id INTEGER PRIMARY KEY, name VARCHAR);"
     picker, message = client.predict(ddl, api_name="/use_schema")
-    assert picker == "pasted schema" and message == ""
+    assert picker["value"] == "pasted schema" and ["pasted schema", "pasted schema"] in picker["choices"]
+    assert message == ""
     _, message = client.predict("CREATE TABLE broken (", api_name="/use_schema")
     assert message.startswith("**Error:** could not parse")
