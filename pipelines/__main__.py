@@ -17,6 +17,7 @@ from pipelines.errors import VoxQLError
 COMMAND_MODULES = [
     "pipelines.sql.cli",
     "pipelines.sql.safety_cli",
+    "pipelines.speech.cli",
 ]
 
 
