@@ -152,7 +152,8 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
             with gr.Row():
                 run_button = gr.Button("Run SQL", elem_id="run-sql", size="sm")
                 status = gr.Markdown(elem_id="status")
-            results = gr.Dataframe(label="Result", interactive=False, elem_id="results", max_height=360)
+            results = gr.Dataframe(pd.DataFrame(), label="Result", interactive=False, elem_id="results",
+                                   max_height=360)
             with gr.Group(elem_id="chart"):
                 bar = gr.BarPlot(visible=False, elem_id="chart-bar")
                 line = gr.LinePlot(visible=False, elem_id="chart-line")
