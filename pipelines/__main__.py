@@ -16,6 +16,7 @@ from pipelines.errors import VoxQLError
 # dependency only breaks its own command.
 COMMAND_MODULES = [
     "pipelines.sql.cli",
+    "pipelines.spider.cli",
     "pipelines.sql.safety_cli",
     "pipelines.speech.cli",
 ]

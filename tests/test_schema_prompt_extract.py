@@ -74,6 +74,8 @@ def test_prompt_is_the_seed_format():
     ("```python\nprint(1)\n```\n```sql\nSELECT 2\n```", "SELECT 2"),
     ("SELECT 1; DROP TABLE t", "SELECT 1; DROP TABLE t"),  # kept whole: the guard refuses it with a reason
     ("I cannot answer that.", None),
+    ("With the schema above, count the rows.", None),  # "with" in prose is not a query
+    ("Use this: with t AS (SELECT 1) SELECT * FROM t", "with t AS (SELECT 1) SELECT * FROM t"),
     ("", None),
 ])
 def test_extract_sql(reply, sql):

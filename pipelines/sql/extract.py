@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
-_QUERY_START = re.compile(r"^\s*(SELECT|WITH|VALUES|FROM|\()", re.I)
-_PROSE_START = re.compile(r"\b(SELECT|WITH)\b", re.I)
+_CTE = r"WITH\s+(RECURSIVE\s+)?\w+\s+AS\s*\("
+_QUERY_START = re.compile(rf"^\s*(SELECT\b|{_CTE}|VALUES\s*\(|FROM\s+\w+\s+SELECT\b|\(\s*SELECT\b)", re.I)
+# In prose, "with" is usually just a word: only `WITH name AS (` starts a query there.
+_PROSE_START = re.compile(rf"\bSELECT\b|\b{_CTE}", re.I)
 
 
 def extract_sql(reply: str) -> str | None:
