@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "pipelines.spider.cli",
     "pipelines.sql.safety_cli",
     "pipelines.speech.cli",
+    "pipelines.training.cli",
 ]
 
 
