@@ -15,6 +15,7 @@ import gradio as gr
 
 from components.ask import build_ask_tab
 from components.listen import build_listen_tab
+from components.train import build_train_tab
 from pipelines.engine import get_engine
 from pipelines.errors import VoxQLError
 from pipelines.profiles import Profile, resolve_profile
@@ -27,7 +28,7 @@ INTRO = (
     "# VoxQL\n"
     "Ask your data in plain words: a fine-tuned model writes the SQL, a guard checks it and a read-only sandbox "
     "runs it. Nothing you type can change the data. **Listen** turns speech into a transcript with expressive tags "
-    "that you can send as a question."
+    "that you can send as a question. **Train** fine-tunes a SQL adapter of your own and scores it on Spider."
 )
 
 
@@ -40,6 +41,8 @@ def build_app(profile: Profile) -> gr.Blocks:
                 ask = build_ask_tab(profile, demos)
             with gr.Tab("Listen", id="listen"):
                 build_listen_tab(profile, ask.question, tabs)
+            with gr.Tab("Train", id="train"):
+                build_train_tab(profile, ask.adapter_picker, tabs)
     demo.voxql_tabs = tabs  # for tests that drive tab switching
     return demo
 
