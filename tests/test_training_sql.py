@@ -242,18 +242,22 @@ def test_cancel_before_training_starts(jsonl_data, tiny_llama_dir, tmp_path):
     assert result.status == "cancelled" and result.steps == 0 and result.adapter_dir is None
 
 
-def test_before_after_evaluation_goes_into_the_card(trained, tiny_spider):
+def test_before_after_evaluation_goes_into_the_card(trained, tiny_spider, tmp_path):
     from pipelines.training.sql_sft import evaluate_adapter
 
     result, _ = trained
     calls = []
     reports = evaluate_adapter(result.adapter_dir, tiny_spider, limit=3, seed=0,
-                               progress=lambda kind, done, total: calls.append((kind, done, total)))
+                               progress=lambda kind, done, total: calls.append((kind, done, total)),
+                               predictions_dir=tmp_path, command="python -m pipelines eval-adapter ...")
     assert set(reports) == {"base", "adapter"}
     assert reports["adapter"].adapter == result.adapter_dir and reports["base"].adapter is None
     assert reports["base"].questions == reports["adapter"].questions == 3
     assert calls[-1] == ("adapter", 3, 3) and ("base", 3, 3) in calls
     saved = model_card.read_evaluations(result.adapter_dir)
-    assert saved["adapter"]["limit"] == 3 and "metadata" in saved["base"]
+    assert saved["adapter"]["limit"] == 3 and saved["base"]["metadata"]["command"].endswith("eval-adapter ...")
+    for kind in ("base", "adapter"):
+        lines = (tmp_path / f"predictions-{kind}.jsonl").read_text().splitlines()
+        assert len(lines) == 3 and {"predicted_sql", "gold_sql", "correct"} <= set(json.loads(lines[0]))
     card = (Path(result.adapter_dir) / "README.md").read_text()
     assert "| base model |" in card and "| with this adapter |" in card and "seeded sample of 3" in card

@@ -141,7 +141,8 @@ def cmd_train_sql(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(adapter_dir: str, spider_dir: str, limit: int | None, seed: int, which: tuple[str, ...]) -> dict:
+def _evaluate(adapter_dir: str, spider_dir: str, limit: int | None, seed: int, which: tuple[str, ...],
+              predictions_dir: str | None = None) -> dict:
     from tqdm import tqdm
 
     from pipelines.training.sql_sft import evaluate_adapter
@@ -159,7 +160,7 @@ def _evaluate(adapter_dir: str, spider_dir: str, limit: int | None, seed: int, w
     previous = _install_cancel_handlers(cancel)
     try:
         reports = evaluate_adapter(adapter_dir, spider_dir, limit=limit, seed=seed, which=which, progress=progress,
-                                   cancel=cancel)
+                                   cancel=cancel, predictions_dir=predictions_dir, command=_command_line())
     finally:
         for bar in bars.values():
             bar.close()
@@ -175,7 +176,9 @@ def cmd_eval_adapter(args: argparse.Namespace) -> int:
     if not Path(args.spider_dir).is_dir():
         raise BadInput(f"no Spider folder at {args.spider_dir}")
     which = ("base", "adapter") if args.only is None else (args.only,)
-    reports = _evaluate(args.adapter, args.spider_dir, args.limit, args.seed, which)
+    if args.predictions_dir:
+        Path(args.predictions_dir).mkdir(parents=True, exist_ok=True)
+    reports = _evaluate(args.adapter, args.spider_dir, args.limit, args.seed, which, args.predictions_dir)
     print(json.dumps({kind: {"execution_accuracy": r.execution_accuracy, "scored": r.scored, "correct": r.correct,
                              "cancelled": r.cancelled} for kind, r in reports.items()}))
     return 130 if any(r.cancelled for r in reports.values()) else 0
@@ -238,4 +241,6 @@ def register(subparsers) -> None:
     parser.add_argument("--limit", type=int, help="a seeded sample of N dev questions (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["base", "adapter"], help="score only one of the two")
+    parser.add_argument("--predictions-dir", help="also write predictions-base.jsonl / predictions-adapter.jsonl "
+                        "(one line per question, as eval-spider's --predictions-out) into this folder")
     parser.set_defaults(func=cmd_eval_adapter)

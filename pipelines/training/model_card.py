@@ -123,23 +123,24 @@ def _evaluation_section(evaluations: dict[str, dict]) -> list[str]:
         return ["Not evaluated yet: `python -m pipelines eval-adapter --adapter THIS_FOLDER --spider-dir SPIDER` "
                 "(or **Evaluate** in the app's Train tab) scores base and adapter on Spider dev and fills this in."]
     first = next(iter(evaluations.values()))
-    sample = (f"all {first.get('questions')} questions" if first.get("limit") is None
-              else f"a seeded sample of {first.get('limit')} (seed {first.get('seed')})")
     lines = [
-        f"Spider dev, {sample}; execution accuracy (EX) over the questions that can be scored "
+        "Spider dev; execution accuracy (EX) over the questions that can be scored "
         "(`pipelines.spider.evaluate`: the app's own prompt, greedy decoding and SQL extraction, no "
         "self-correction retries, the official execution match in SQLite).", "",
-        "| | EX | scored | correct | easy | medium | hard | extra | s/question |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| | questions | EX | scored | correct | easy | medium | hard | extra | s/question |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind in ("base", "adapter"):
         report = evaluations.get(kind)
         if not report:
             continue
+        # Base and adapter may have been scored on different samples (the base is slow on a CPU): say which.
+        sample = ("all" if report.get("limit") is None
+                  else f"seeded sample of {report.get('limit')} (seed {report.get('seed')})")
         hardness = report.get("by_hardness", {})
         cells = [_pct(hardness.get(level, {}).get("execution_accuracy"))
                  for level in ("easy", "medium", "hard", "extra")]
-        lines.append(f"| {'base model' if kind == 'base' else 'with this adapter'} | "
+        lines.append(f"| {'base model' if kind == 'base' else 'with this adapter'} | {sample} | "
                      f"**{_pct(report.get('execution_accuracy'))}** | {report.get('scored')} | "
                      f"{report.get('correct')} | "
                      f"{' | '.join(cells)} | {report.get('seconds_per_question')} |")

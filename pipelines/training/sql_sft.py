@@ -526,13 +526,16 @@ def evaluate_adapter(
     which: tuple[str, ...] = ("base", "adapter"),
     progress: EvalProgress | None = None,
     cancel: threading.Event | None = None,
+    predictions_dir: str | Path | None = None,
+    command: str | None = None,
 ) -> dict:
     """Spider dev execution accuracy of the base model and of the adapter, on the same seeded sample.
 
     Uses `pipelines.spider.evaluate.evaluate_spider` (the app's own SQL pipeline and the official match). `engine`
     is an engine of the adapter's base model in which the adapter is loaded as `adapter_name` (the app passes its
     shared one); without it one is loaded here. The reports are written next to the adapter (eval-base.json,
-    eval-adapter.json) and into its model card, unless cancelled. Returns {"base": EvalReport, "adapter": ...}.
+    eval-adapter.json) and into its model card, unless cancelled; `predictions_dir` also gets one JSONL of predictions
+    per model (predictions-base.jsonl, predictions-adapter.jsonl). Returns {"base": EvalReport, "adapter": ...}.
     """
     from pipelines.spider.evaluate import evaluate_spider, run_metadata
     from pipelines.training import model_card
@@ -556,11 +559,12 @@ def evaluate_adapter(
             spider_dir, engine, split="dev", limit=limit, seed=seed,
             adapter=None if kind == "base" else adapter_name, cancel=cancel,
             progress=(lambda done, total, kind=kind: progress(kind, done, total)) if progress else None,
+            predictions_out=Path(predictions_dir) / f"predictions-{kind}.jsonl" if predictions_dir else None,
         )
         reports[kind] = report
         if report.cancelled:
             return reports
     for kind, report in reports.items():
-        model_card.write_evaluation(adapter_dir, kind, {**report.to_dict(), "metadata": run_metadata()})
+        model_card.write_evaluation(adapter_dir, kind, {**report.to_dict(), "metadata": run_metadata(command)})
     model_card.write_model_card(adapter_dir)
     return reports
