@@ -34,6 +34,7 @@ from pipelines.training.sql_sft import (
     TrainProgress,
     config_from_preset,
     evaluate_adapter,
+    format_duration,
     train_sql,
 )
 
@@ -96,12 +97,6 @@ class Job:
 
 
 # -- views of a job -------------------------------------------------------------------------------------------------
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 def loss_frame(events: list[TrainProgress]) -> pd.DataFrame:
@@ -110,7 +105,7 @@ def loss_frame(events: list[TrainProgress]) -> pd.DataFrame:
 
 
 def training_log(events: list[TrainProgress]) -> str:
-    lines = [f"[{_duration(e.elapsed_s):>7}] {e.message}" for e in events
+    lines = [f"[{format_duration(e.elapsed_s):>7}] {e.message}" for e in events
              if not (e.stage == "train" and e.loss is None and "micro-batch" in e.message)]
     return "\n".join(lines[-LOG_LINES:])
 
@@ -122,7 +117,7 @@ def training_status(job: Job) -> str:
     if result is not None:
         if result.completed:
             loss = "" if result.final_loss is None else f", final loss {result.final_loss:.4f}"
-            return (f"**Done:** {result.steps} steps in {_duration(result.wall_time_s)}{loss}. Adapter saved to "
+            return (f"**Done:** {result.steps} steps in {format_duration(result.wall_time_s)}{loss}. Adapter saved to "
                     f"`{result.adapter_dir}` with its model card.")
         return (f"**Cancelled** at step {result.steps}/{result.max_steps}. The last checkpoint is kept: tick "
                 "*Resume* and press *Start* to continue.")
@@ -133,8 +128,8 @@ def training_status(job: Job) -> str:
         return f"{'Cancelling: ' if job.cancel.is_set() else ''}{last.message}"
     losses = [e.loss for e in job.events if e.loss is not None]
     parts = [f"**Step {last.step}/{last.max_steps}** ({100 * last.fraction:.0f} %)",
-             f"loss {losses[-1]:.4f}" if losses else None, f"elapsed {_duration(last.elapsed_s)}",
-             f"ETA {_duration(last.eta_s)}" if last.eta_s is not None else None,
+             f"loss {losses[-1]:.4f}" if losses else None, f"elapsed {format_duration(last.elapsed_s)}",
+             f"ETA {format_duration(last.eta_s)}" if last.eta_s is not None else None,
              "cancelling after this micro-batch…" if job.cancel.is_set() else None]
     return " · ".join(p for p in parts if p)
 

@@ -14,6 +14,7 @@ import platform
 from pathlib import Path
 
 from pipelines.errors import BadInput
+from pipelines.training.sql_sft import format_duration
 
 TRAINING_FILE = "training.json"
 EVAL_FILES = {"base": "eval-base.json", "adapter": "eval-adapter.json"}
@@ -110,12 +111,6 @@ def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
 
 
 def _evaluation_section(evaluations: dict[str, dict]) -> list[str]:
@@ -201,7 +196,7 @@ def render_model_card(info: dict, evaluations: dict[str, dict]) -> str:
         f"{tokens.get('tokens')} in all", "",
         "## Recipe", "", "| | |", "|---|---|", *[f"| {name} | {value} |" for name, value in recipe], "",
         "## Training", "",
-        f"- wall time: {_duration(info.get('wall_time_s'))} ({info.get('wall_time_s')} s, resumes included)",
+        f"- wall time: {format_duration(info.get('wall_time_s'))} ({info.get('wall_time_s')} s, resumes included)",
         f"- loss: mean {_round(info.get('train_loss'))}, last step {_round(info.get('final_loss'))}",
         f"- machine: {info.get('machine')}, {hardware.get('device')}; " +
         ", ".join(f"{k} {v}" for k, v in (info.get("versions") or {}).items()),

@@ -288,7 +288,7 @@ def _make_reporter(report: ProgressCallback, cancel: threading.Event | None, sta
             eta = self._eta(args, state)
             report(TrainProgress(
                 "train", f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
-                f"lr {logs.get('learning_rate', 0):.2e}" + (f" eta {_duration(eta)}" if eta is not None else ""),
+                f"lr {logs.get('learning_rate', 0):.2e}" + (f" eta {format_duration(eta)}" if eta is not None else ""),
                 state.global_step, state.max_steps, self._fraction(args, state), loss=float(logs["loss"]),
                 learning_rate=logs.get("learning_rate"), epoch=state.epoch,
                 elapsed_s=time.perf_counter() - started, eta_s=eta))
@@ -301,7 +301,7 @@ def _make_reporter(report: ProgressCallback, cancel: threading.Event | None, sta
     return Reporter()
 
 
-def _duration(seconds: float | None) -> str:
+def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     seconds = int(seconds)
@@ -490,7 +490,7 @@ def train_sql(config: TrainConfig, progress: ProgressCallback | None = None,
         result.checkpoint = _str(last_checkpoint(out))
     else:
         shutil.rmtree(checkpoints, ignore_errors=True)
-    report(TrainProgress("done", f"adapter saved to {out} after {result.steps} steps in {_duration(wall)}",
+    report(TrainProgress("done", f"adapter saved to {out} after {result.steps} steps in {format_duration(wall)}",
                          result.steps, result.max_steps, 1.0, loss=result.final_loss, elapsed_s=elapsed()))
     return result
 
