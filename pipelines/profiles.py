@@ -19,7 +19,7 @@ from pathlib import Path
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 
 # The project's own Spider LoRA for SmolLM2, trained by `python -m pipelines train-sql` and shipped in assets/.
-# The cpu profile uses it when it is there; until then the base model runs alone and the UI says so.
+# The cpu profile uses it when the folder holds an adapter (a checkout without it runs the base model alone).
 CPU_SQL_ADAPTER_DIR = ASSETS_DIR / "adapters" / "smollm2-135m-spider-lora"
 
 

