@@ -6,6 +6,7 @@ test is the production code, and no test needs the network.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -109,3 +110,14 @@ def taught_adapter_dir(tmp_path_factory, tiny_llama_dir, shop_db) -> Path:
     path = tmp_path_factory.mktemp("taught-lora")
     model.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def count_jsonl(tmp_path_factory) -> Path:
+    """Training data as a JSONL file: 24 `{question, query, schema}` rows that each count one table's rows."""
+    rows = [{"question": f"How many rows does table t{i} have?", "query": f"SELECT count(*) FROM t{i}",
+             "schema": f"CREATE TABLE t{i} (id INTEGER PRIMARY KEY, name VARCHAR);"} for i in range(24)]
+    path = tmp_path_factory.mktemp("jsonl") / "train.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+    return path
+

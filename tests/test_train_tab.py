@@ -42,14 +42,6 @@ def profile(tiny_llama_dir):
     return dataclasses.replace(resolve_profile("cpu"), sql_model=str(tiny_llama_dir), sql_adapter=None)
 
 
-@pytest.fixture(scope="module")
-def jsonl(tmp_path_factory):
-    rows = [{"question": f"How many rows are in t{i}?", "query": f"SELECT count(*) FROM t{i}",
-             "schema": f"CREATE TABLE t{i} (id INTEGER PRIMARY KEY);"} for i in range(12)]
-    path = tmp_path_factory.mktemp("tab-data") / "rows.jsonl"
-    path.write_text("\n".join(json.dumps(row) for row in rows))
-    return path
-
 
 @pytest.fixture(scope="module")
 def demo(profile):
@@ -69,9 +61,9 @@ def handler(demo: gr.Blocks, name: str):
 
 
 @pytest.fixture(scope="module")
-def trained_adapter(demo, profile, jsonl):
+def trained_adapter(demo, profile, count_jsonl):
     """A run through the tab's Start handler: every streamed update, and the adapter folder it ends with."""
-    updates = list(handler(demo, "start_training")(profile.sql_model, str(jsonl), None, "CPU quick", "tab-run",
+    updates = list(handler(demo, "start_training")(profile.sql_model, str(count_jsonl), None, "CPU quick", "tab-run",
                                                    False, *FIELDS, progress=no_progress))
     return updates
 
@@ -103,14 +95,14 @@ def test_live_status_shows_step_loss_and_eta():
     assert list(train_tab.loss_frame(job.events)["loss"]) == [0.5]
 
 
-def test_cancel_keeps_a_checkpoint_and_only_one_job_runs(demo, profile, jsonl):
+def test_cancel_keeps_a_checkpoint_and_only_one_job_runs(demo, profile, count_jsonl):
     start = handler(demo, "start_training")
     fields = [200, 1, 1e-3, 1, 4, *FIELDS[5:]]  # far more steps than it will run: cancel lands mid-run
-    stream = start(profile.sql_model, str(jsonl), None, "CPU quick", "tab-cancel", False, *fields, progress=no_progress)
+    stream = start(profile.sql_model, str(count_jsonl), None, "CPU quick", "tab-cancel", False, *fields, progress=no_progress)
     for status, frame, *_ in stream:
         if len(frame):  # a first step is done
             break
-    busy = list(start(profile.sql_model, str(jsonl), None, "CPU quick", "other", False, *FIELDS, progress=no_progress))
+    busy = list(start(profile.sql_model, str(count_jsonl), None, "CPU quick", "other", False, *FIELDS, progress=no_progress))
     assert "already running" in busy[0][0]
     assert handler(demo, "cancel_job")().startswith("Cancelling")
     status = list(stream)[-1][0]

@@ -35,14 +35,6 @@ def tiny_spider(tmp_path_factory):
     return build_tiny_spider(tmp_path_factory.mktemp("tiny-spider"))
 
 
-@pytest.fixture(scope="module")
-def jsonl_data(tmp_path_factory):
-    rows = [{"question": f"How many rows does table t{i} have?", "query": f"SELECT count(*) FROM t{i}",
-             "schema": f"CREATE TABLE t{i} (id INTEGER PRIMARY KEY, name VARCHAR);"} for i in range(24)]
-    path = tmp_path_factory.mktemp("jsonl") / "train.jsonl"
-    path.write_text("\n".join(json.dumps(row) for row in rows))
-    return path
-
 
 def tiny_config(data, output_dir, model_dir, **overrides) -> TrainConfig:
     values = dict(model=str(model_dir), max_steps=STEPS, grad_accum=2, max_length=256, save_steps=2,
@@ -207,7 +199,7 @@ def test_output_folder_is_never_silently_replaced(trained, tiny_spider, tiny_lla
     assert (elsewhere / "README.md").read_text() == "someone's own readme"
 
 
-def test_cancel_keeps_a_checkpoint_and_resume_finishes_the_run(jsonl_data, tiny_llama_dir, tmp_path):
+def test_cancel_keeps_a_checkpoint_and_resume_finishes_the_run(count_jsonl, tiny_llama_dir, tmp_path):
     out = tmp_path / "adapter"
     cancel = threading.Event()
     events = []
@@ -217,13 +209,13 @@ def test_cancel_keeps_a_checkpoint_and_resume_finishes_the_run(jsonl_data, tiny_
         if event.stage == "train" and event.step == 2 and "micro-batch 1/" in event.message:
             cancel.set()  # mid-way through step 3: the finished steps must survive
 
-    result = train_sql(tiny_config(jsonl_data, out, tiny_llama_dir), progress, cancel)
+    result = train_sql(tiny_config(count_jsonl, out, tiny_llama_dir), progress, cancel)
     assert result.status == "cancelled" and result.adapter_dir is None and result.steps == 2
     assert result.checkpoint and result.checkpoint.endswith("checkpoint-2")
     assert not (out / "adapter_config.json").exists()
     assert events[-1].stage == "cancelled"
     with pytest.raises(BadInput, match="unfinished run"):
-        train_sql(tiny_config(jsonl_data, out, tiny_llama_dir))
+        train_sql(tiny_config(count_jsonl, out, tiny_llama_dir))
 
     events.clear()
     resumed = train_sql(TrainConfig(data="", output_dir=str(out), resume=True), events.append)
@@ -231,14 +223,14 @@ def test_cancel_keeps_a_checkpoint_and_resume_finishes_the_run(jsonl_data, tiny_
     assert any("resuming at step 2" in e.message for e in events)
     assert [e.step for e in events if e.loss is not None and e.stage == "train"] == [3, 4]
     assert [h["step"] for h in resumed.loss_history] == [1, 2, 3, 4]  # the history survives the resume
-    assert resumed.config["data"] == str(jsonl_data) and resumed.wall_time_s >= result.wall_time_s
+    assert resumed.config["data"] == str(count_jsonl) and resumed.wall_time_s >= result.wall_time_s
     assert (out / "adapter_config.json").exists() and not (out / CHECKPOINTS).exists()
 
 
-def test_cancel_before_training_starts(jsonl_data, tiny_llama_dir, tmp_path):
+def test_cancel_before_training_starts(count_jsonl, tiny_llama_dir, tmp_path):
     cancel = threading.Event()
     cancel.set()
-    result = train_sql(tiny_config(jsonl_data, tmp_path / "adapter", tiny_llama_dir), None, cancel)
+    result = train_sql(tiny_config(count_jsonl, tmp_path / "adapter", tiny_llama_dir), None, cancel)
     assert result.status == "cancelled" and result.steps == 0 and result.adapter_dir is None
 
 
