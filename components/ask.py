@@ -114,6 +114,18 @@ def _charts(answer: Answer):
     return gr.BarPlot(**plot), gr.LinePlot(visible=False)
 
 
+def _attempts(answer: Answer) -> str:
+    """Every attempt, so a self-correction shows what it changed and why."""
+    if len(answer.attempts) < 2 and answer.constrained == "on" and all(a.grammar != "fell back" for a in answer.attempts):
+        return ""
+    lines = [] if answer.constrained in ("on", "off") else [f"Schema-constrained decoding {answer.constrained}."]
+    for number, attempt in enumerate(answer.attempts, 1):
+        how = attempt.decoding + (", grammar dead-ended: decoded freely" if attempt.grammar == "fell back" else "")
+        outcome = f"failed: {attempt.error}" if attempt.error else "ran"
+        lines.append(f"{number}. ({how}) `{(attempt.sql or attempt.reply or '').strip()[:300]}` {outcome}")
+    return "**Attempts**  \n" + "  \n".join(lines)
+
+
 def _history_row(answer: Answer) -> list:
     status = "error" if answer.error else ("ok" if answer.executed else "valid")
     return [dt.datetime.now().strftime("%H:%M:%S"), answer.database, answer.question or "(SQL typed by hand)",
@@ -121,6 +133,10 @@ def _history_row(answer: Answer) -> list:
 
 
 # -- the tab --------------------------------------------------------------------------------------------------
+def _ask_options(profile: Profile, constrain: bool, value_hints: bool) -> dict:
+    return dict(dialect=profile.sql_dialect, constrain=constrain, value_hints=value_hints)
+
+
 def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
     first = next(iter(demos))
     session = gr.State({}, delete_callback=_cleanup_session)
@@ -148,6 +164,11 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
                 compare = gr.Button("Compare base vs adapter", elem_id="compare")
                 adapter_picker = gr.Dropdown(adapter_choices(profile), value=DEFAULT if profile.sql_adapter else BASE,
                                              label="Adapter", elem_id="adapter-picker", scale=1)
+            with gr.Row():
+                constrain = gr.Checkbox(True, label="Constrain to the schema (grammar)", elem_id="constrain",
+                                        info="only SQL that parses and uses columns of the tables in its FROM")
+                value_hints = gr.Checkbox(True, label="Show the model column values", elem_id="value-hints",
+                                          info="frequent values, and values the question names")
             sql = gr.Code(language="sql", label="SQL (edit it and press Run SQL)", interactive=True, elem_id="sql")
             with gr.Row():
                 run_button = gr.Button("Run SQL", elem_id="run-sql", size="sm")
@@ -158,6 +179,7 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
                 bar = gr.BarPlot(visible=False, elem_id="chart-bar")
                 line = gr.LinePlot(visible=False, elem_id="chart-line")
             timings = gr.Markdown(elem_id="timings")
+            attempts = gr.Markdown(elem_id="attempts")
     with gr.Accordion("Base vs adapter, side by side", open=False) as compare_box:
         with gr.Row():
             with gr.Column():
@@ -174,16 +196,16 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
         history_view = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, elem_id="history")
 
     # -- handlers ---------------------------------------------------------------------------------------------
-    answer_outputs = [sql, status, results, bar, line, timings, history, history_view, model_status]
+    answer_outputs = [sql, status, results, bar, line, timings, history, history_view, model_status, attempts]
 
     def finished(answer: Answer, past: list, engine=None) -> tuple:
         past = [*past, _history_row(answer)]
         info = sql_model_markdown(profile, engine.info) if engine else gr.skip()
         return (answer.sql or "", _status(answer), results_frame(answer.columns, answer.rows), *_charts(answer),
-                _timings(answer), past, pd.DataFrame(past, columns=HISTORY_COLUMNS), info)
+                _timings(answer), past, pd.DataFrame(past, columns=HISTORY_COLUMNS), info, _attempts(answer))
 
     def failed(message: str) -> tuple:
-        return (gr.skip(), error_markdown(message), *[gr.skip()] * 7)
+        return (gr.skip(), error_markdown(message), *[gr.skip()] * 8)
 
     def pick_database(key: str, state: dict):
         try:
@@ -196,21 +218,23 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
         samples = [[q] for q in demo.examples] if demo else []
         return database.schema.to_ddl(), description, gr.Dataset(samples=samples)
 
-    def ask_question(text: str, key: str, adapter_choice: str, state: dict, past: list):
+    def ask_question(text: str, key: str, adapter_choice: str, constrained: bool, hinted: bool, state: dict,
+                     past: list):
         if not text or not text.strip():
             yield failed("type a question first")
             return
         try:
             database = _database(key, state, demos)
             if loaded_engine(profile.sql_model, profile.sql_adapter) is None:
-                yield (gr.skip(), "Loading the model…", *[gr.skip()] * 7)
+                yield (gr.skip(), "Loading the model…", *[gr.skip()] * 8)
             engine = get_engine(profile.sql_model, profile.sql_adapter)
             adapter = None if adapter_choice == BASE else adapter_choice
-            for event in ask_stream(text, database, engine, adapter=adapter):
+            options = _ask_options(profile, constrained, hinted)
+            for event in ask_stream(text, database, engine, adapter=adapter, **options):
                 if isinstance(event, Progress):
                     shown = extract_sql(event.reply) or event.reply
                     note = f"Generating (attempt {event.attempt})…" if event.stage == "generating" else "Running…"
-                    yield (shown, note, *[gr.skip()] * 7)
+                    yield (shown, note, *[gr.skip()] * 8)
                 else:
                     yield finished(event, past, engine)
         except VoxQLError as error:
@@ -222,7 +246,7 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
         except VoxQLError as error:
             return failed(str(error))
 
-    def compare_answers(text: str, key: str, adapter_choice: str, state: dict):
+    def compare_answers(text: str, key: str, adapter_choice: str, constrained: bool, hinted: bool, state: dict):
         """Stream the base model's answer, then the adapter's, into two columns."""
         def problem(message: str) -> tuple:
             return gr.Accordion(open=True), "", error_markdown(message), None, "", "", None
@@ -239,7 +263,8 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
                                "(set VOXQL_SQL_ADAPTER or load one from the Train tab)")
             values = ["", "Waiting…", None, "", "Waiting…", None]  # base sql/status/result, then the adapter's
             for at, adapter in ((0, None), (3, tuned)):
-                for event in ask_stream(text, database, engine, adapter=adapter):
+                for event in ask_stream(text, database, engine, adapter=adapter,
+                                        **_ask_options(profile, constrained, hinted)):
                     if isinstance(event, Progress):
                         values[at:at + 2] = [extract_sql(event.reply) or event.reply, "Generating…"]
                     else:
@@ -279,10 +304,11 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
     status_timer.tick(refresh_model_status, None, [model_status, status_timer], api_visibility="private",
                       show_progress="hidden")
     model_events = dict(concurrency_id="sql-model", concurrency_limit=4)
-    gr.on([question.submit, ask.click], ask_question, [question, db_picker, adapter_picker, session, history],
+    gr.on([question.submit, ask.click], ask_question,
+          [question, db_picker, adapter_picker, constrain, value_hints, session, history],
           answer_outputs, api_name="ask", **model_events)
     run_button.click(run_typed_sql, [sql, db_picker, session, history], answer_outputs, api_name="run_sql")
-    compare.click(compare_answers, [question, db_picker, adapter_picker, session],
+    compare.click(compare_answers, [question, db_picker, adapter_picker, constrain, value_hints, session],
                   [compare_box, base_sql, base_status, base_results, tuned_sql, tuned_status, tuned_results],
                   api_name="compare", **model_events)
     db_picker.change(pick_database, [db_picker, session], [schema_view, db_info, examples], api_name="pick_database")

@@ -30,6 +30,9 @@ class Profile:
     sql_adapter: str | None
     asr_model: str
     tag_adapter: str | None  # a LoRA on the ASR model that emits expressive tags; None: no tag channel
+    # The SQL dialect the SQL adapter writes. Both adapters learned Spider's SQLite: their SQL is parsed as SQLite
+    # (so `"France"` is a string, as SQLite reads it) and runs as the guard's DuckDB rendering.
+    sql_dialect: str = "sqlite"
 
 
 def _cpu_sql_adapter() -> str | None:
@@ -61,6 +64,7 @@ ENV_OVERRIDES = {
     "sql_adapter": "VOXQL_SQL_ADAPTER",
     "asr_model": "VOXQL_ASR_MODEL",
     "tag_adapter": "VOXQL_TAG_ADAPTER",
+    "sql_dialect": "VOXQL_SQL_DIALECT",
 }
 
 

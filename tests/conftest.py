@@ -77,23 +77,36 @@ def taught_adapter_dir(tmp_path_factory, tiny_llama_dir, shop_db) -> Path:
     """A real LoRA for the tiny Llama, trained until it answers TAUGHT_QUESTION with TAUGHT_SQL.
 
     The base model stays random, so with the adapter off the same prompt gives noise: that is what the
-    adapter-switch tests rely on. The prompt is built by the production prompt code.
+    adapter-switch tests rely on. The prompts are built by the production prompt code, in each form the tests
+    ask in: the test shop and the app's demo shop, with and without value hints, in both dialects.
     """
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipelines.sql.prompt import build_messages
-    from pipelines.sql.schema import read_schema_from_path
+    from pipelines.sql.databases import DuckDBDatabase
+    from pipelines.sql.demo_data import ensure_demo_databases
+    from pipelines.sql.pipeline import question_messages
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
-    messages = build_messages(TAUGHT_QUESTION, read_schema_from_path(shop_db).to_ddl())
-    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     target_ids = tokenizer(TAUGHT_SQL, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    input_ids = torch.tensor([prompt_ids + target_ids])
-    labels = torch.tensor([[-100] * len(prompt_ids) + target_ids])
+    rows = []
+    for path in (shop_db, ensure_demo_databases()["shop"].path):
+        for dialect in ("duckdb", "sqlite"):
+            for value_hints in (True, False):
+                messages = question_messages(TAUGHT_QUESTION, DuckDBDatabase(path, name="shop"), dialect=dialect,
+                                             value_hints=value_hints)
+                prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                rows.append(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    width = max(len(prompt_ids) for prompt_ids in rows) + len(target_ids)
+    pad = tokenizer.pad_token_id
+    # Left-padded so every row ends with its answer; padding is masked out of attention and loss.
+    input_ids = torch.tensor([[pad] * (width - len(p) - len(target_ids)) + p + target_ids for p in rows])
+    attention_mask = torch.tensor([[0] * (width - len(p) - len(target_ids)) + [1] * (len(p) + len(target_ids))
+                                   for p in rows])
+    targets = torch.tensor([target_ids] * len(rows))
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # each row counts from 0, as at inference
 
     torch.manual_seed(0)
     lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
@@ -101,7 +114,10 @@ def taught_adapter_dir(tmp_path_factory, tiny_llama_dir, shop_db) -> Path:
     model = get_peft_model(model, lora)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     for _ in range(400):
-        loss = model(input_ids=input_ids, labels=labels).loss
+        # Logits for the answer positions only: the whole sequence's would be rows x tokens x 49k floats.
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       logits_to_keep=len(target_ids) + 1).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

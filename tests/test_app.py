@@ -26,8 +26,8 @@ def client(profile):
 
 
 def test_question_to_table_end_to_end(client):
-    sql, status, results, bar, line, timings, history, model_status = client.predict(
-        TAUGHT_QUESTION, "shop", "default", api_name="/ask")
+    sql, status, results, bar, line, timings, history, model_status, attempts = client.predict(
+        TAUGHT_QUESTION, "shop", "default", True, True, api_name="/ask")
     assert sql.lower() == "select count(*) as customers from customers"
     assert status == "1 row(s)."
     assert results["headers"] == ["customers"] and results["data"] == [[5000]]
@@ -37,7 +37,7 @@ def test_question_to_table_end_to_end(client):
 
 
 def test_base_model_failure_is_shown_plainly(client):
-    sql, status, *_ = client.predict(TAUGHT_QUESTION, "shop", "base", api_name="/ask")
+    sql, status, *_ = client.predict(TAUGHT_QUESTION, "shop", "base", True, True, api_name="/ask")
     assert status.startswith("**Error:**") and "after 3 attempts" in status
 
 
@@ -57,7 +57,7 @@ def test_run_sql_refuses_writes(client):
 
 def test_time_series_gets_a_line_chart(client):
     query = "SELECT date_trunc('month', created_at) AS month, sum(total) AS revenue FROM orders GROUP BY 1 ORDER BY 1"
-    *_, bar, line, _, _, _ = client.predict(query, "shop", api_name="/run_sql")
+    *_, bar, line, _, _, _, _ = client.predict(query, "shop", api_name="/run_sql")
     assert line["visible"] and line["value"]["mark"] == "line" and not bar["visible"]
 
 
@@ -67,7 +67,7 @@ def test_database_picker_shows_schema_and_examples(client):
 
 
 def test_compare_streams_base_and_adapter(client):
-    outputs = client.predict(TAUGHT_QUESTION, "shop", "default", api_name="/compare")
+    outputs = client.predict(TAUGHT_QUESTION, "shop", "default", True, True, api_name="/compare")
     base_sql, base_status, _, tuned_sql, tuned_status, tuned_results = outputs  # (the accordion is layout)
     assert tuned_sql.lower() == "select count(*) as customers from customers"
     assert tuned_results["data"] == [[5000]]

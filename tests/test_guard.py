@@ -169,3 +169,44 @@ def _mutate(sql: str, rng: random.Random) -> str:
 def test_fuzz_mutated_attacks_stay_refused(index, rng):
     case = ATTACKS[index]
     assert not check_sql(_mutate(_fill(case.sql), rng), TABLES, dialect=case.dialect).allowed
+
+
+# -- SQLite's double-quoted strings ---------------------------------------------------------------------------
+SINGERS = {"singer": ["Name", "Country", "Age"], "concert": ["concert_Name", "Year"]}
+
+
+@pytest.mark.parametrize("sql, normalized", [
+    ('SELECT Name FROM singer WHERE Country = "France"', "SELECT Name FROM singer WHERE Country = 'France'"),
+    ('SELECT "Name" FROM singer WHERE "Country" = "France"', "SELECT \"Name\" FROM singer WHERE \"Country\" = 'France'"),
+    ('SELECT count(*) AS "n" FROM singer ORDER BY "n"', 'SELECT COUNT(*) AS "n" FROM singer ORDER BY "n" NULLS FIRST'),
+    ('SELECT T1.Name FROM singer AS T1 WHERE T1.Country IN ("USA", "Canada")',
+     "SELECT T1.Name FROM singer AS T1 WHERE T1.Country IN ('USA', 'Canada')"),
+    ('SELECT concert_Name FROM concert WHERE Year = "2014"', "SELECT concert_Name FROM concert WHERE Year = '2014'"),
+])
+def test_sqlite_double_quoted_words_that_name_no_column_become_strings(sql, normalized):
+    verdict = check_sql(sql, SINGERS, dialect="sqlite", columns=SINGERS)
+    assert verdict.allowed and verdict.normalized == normalized
+
+
+def test_double_quoted_columns_stay_columns_and_duckdb_sql_is_untouched():
+    # A column of a table the query does not read is not in scope: a string, as SQLite itself reads it.
+    assert check_sql('SELECT Name FROM singer WHERE "Year" = 1', SINGERS, dialect="sqlite",
+                     columns=SINGERS).normalized == "SELECT Name FROM singer WHERE 'Year' = 1"
+    # DuckDB's own rule is not SQLite's: written as DuckDB, a double-quoted word is always an identifier.
+    assert check_sql('SELECT Name FROM singer WHERE Country = "France"', SINGERS, dialect="duckdb",
+                     columns=SINGERS).normalized == 'SELECT Name FROM singer WHERE Country = "France"'
+
+
+def test_sqlite_strings_run_in_duckdb(tmp_path):
+    import duckdb
+
+    from pipelines.sql.databases import DuckDBDatabase
+
+    path = tmp_path / "singers.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE singer (Name VARCHAR, Country VARCHAR, Age INTEGER)")
+        con.execute("INSERT INTO singer VALUES ('Joe', 'France', 30), ('Ann', 'USA', 25)")
+    database = DuckDBDatabase(path)
+    verdict = database.check('SELECT Name FROM singer WHERE Country = "France"', "sqlite")
+    assert verdict.allowed
+    assert database.run(verdict.normalized).rows == [["Joe"]]

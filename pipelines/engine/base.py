@@ -2,7 +2,8 @@
 
 An engine holds one base model and any number of named LoRA adapters. Each request says which adapter to use
 (`None` = the base model alone), so the app can compare base and adapter without reloading anything. Other
-engines (vLLM, a remote endpoint) implement the same two methods.
+engines (vLLM, a remote endpoint) implement the same two methods. A request may carry a grammar
+(`SamplingParams.grammar`); an engine that declares `supports_grammar` makes every output follow it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class SamplingParams:
     top_p: float = 1.0
     n: int = 1  # samples per prompt (sampling only)
     seed: int | None = None
+    grammar: str | None = None  # a Lark grammar the output must follow (engines with `supports_grammar`)
 
     @property
     def greedy(self) -> bool:
@@ -43,6 +45,8 @@ class Generation:
     text: str
     completion_tokens: int
     finish_reason: str  # "stop" (end of turn), "length" (max_new_tokens) or "cancelled"
+    # With a grammar: "followed", or "fell back" when the grammar dead-ended and decoding went on freely.
+    grammar: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class TextStream:
 
 class Engine(ABC):
     info: EngineInfo
+    supports_grammar: bool = False  # honours SamplingParams.grammar
 
     @abstractmethod
     def generate(

@@ -12,6 +12,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from pipelines.engine.base import DEFAULT_ADAPTER, Engine, EngineInfo, Generation, Message, SamplingParams, TextStream
+from pipelines.engine.grammar import GrammarLogitsProcessor, grammar_available
 from pipelines.engine.loading import display_name, load_adapter, load_causal_lm
 
 
@@ -42,6 +43,8 @@ class _TimedStreamer(TextIteratorStreamer):
 
 
 class TransformersEngine(Engine):
+    supports_grammar = grammar_available()
+
     def __init__(self, model_spec: str, adapter_spec: str | None = None, *, device: str | None = None, dtype=None):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
@@ -94,8 +97,20 @@ class TransformersEngine(Engine):
         # The chat template already starts with any BOS token it needs.
         return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
 
-    def _generate_kwargs(self, params: SamplingParams) -> dict:
+    def _grammar(self, params: SamplingParams, rows: int) -> GrammarLogitsProcessor | None:
+        if params.grammar is None:
+            return None
+        if not self.supports_grammar:
+            from pipelines.errors import BadInput
+
+            raise BadInput("constrained decoding needs llguidance: pip install llguidance")
+        return GrammarLogitsProcessor(self.tokenizer, self.model.config.vocab_size, params.grammar, rows,
+                                      greedy=params.greedy)
+
+    def _generate_kwargs(self, params: SamplingParams, grammar: GrammarLogitsProcessor | None = None) -> dict:
         kwargs = dict(max_new_tokens=params.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        if grammar is not None:
+            kwargs["logits_processor"] = [grammar]
         if params.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
@@ -115,11 +130,12 @@ class TransformersEngine(Engine):
     def generate(self, conversations, params=SamplingParams(), *, adapter=DEFAULT_ADAPTER):
         adapter = self.resolve_adapter(adapter)
         inputs = self._encode(conversations)
+        per_prompt = 1 if params.greedy else params.n
+        grammar = self._grammar(params, len(conversations) * per_prompt)
         with self._lock, self._using(adapter), torch.inference_mode():
             if params.seed is not None:
                 torch.manual_seed(params.seed)
-            output = self.model.generate(**inputs, **self._generate_kwargs(params))
-        per_prompt = 1 if params.greedy else params.n
+            output = self.model.generate(**inputs, **self._generate_kwargs(params, grammar))
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         results: list[list[Generation]] = []
         for row, tokens in enumerate(new_tokens):
@@ -127,13 +143,15 @@ class TransformersEngine(Engine):
             text = self.tokenizer.decode(tokens[:count], skip_special_tokens=True)
             if row % per_prompt == 0:
                 results.append([])
-            results[-1].append(Generation(text=text, completion_tokens=count, finish_reason=reason))
+            results[-1].append(Generation(text=text, completion_tokens=count, finish_reason=reason,
+                                          grammar=grammar.status[row] if grammar else None))
         return results
 
     def stream(self, messages, params=SamplingParams(), *, adapter=DEFAULT_ADAPTER) -> TextStream:
         adapter = self.resolve_adapter(adapter)
         params = dataclasses.replace(params, n=1)
         inputs = self._encode([messages])
+        grammar = self._grammar(params, 1)
         cancel = threading.Event()
         stream = TextStream(pieces=iter(()), cancel_event=cancel, prompt_tokens=inputs["input_ids"].shape[1])
         streamer = _TimedStreamer(self.tokenizer, stream, timeout=None)
@@ -145,7 +163,7 @@ class TransformersEngine(Engine):
                     if params.seed is not None:
                         torch.manual_seed(params.seed)
                     output = self.model.generate(
-                        **inputs, **self._generate_kwargs(params), streamer=streamer,
+                        **inputs, **self._generate_kwargs(params, grammar), streamer=streamer,
                         stopping_criteria=StoppingCriteriaList([_StopOnEvent(cancel)]),
                     )
                 outcome["tokens"] = output[0, inputs["input_ids"].shape[1]:]
@@ -167,7 +185,8 @@ class TransformersEngine(Engine):
             reason, count = self._finish_reason(outcome["tokens"], params.max_new_tokens)
             if cancel.is_set():
                 reason = "cancelled"
-            stream.generation = Generation(text="".join(text), completion_tokens=count, finish_reason=reason)
+            stream.generation = Generation(text="".join(text), completion_tokens=count, finish_reason=reason,
+                                           grammar=grammar.status[0] if grammar else None)
 
         stream.pieces = pieces()
         return stream

@@ -109,8 +109,8 @@ class SQLiteDatabase:
         self.name = self.name or self.path.stem
         self._tables = self.schema.table_names()
 
-    def check(self, sql: str) -> GuardResult:
-        verdict = check_sql(sql, self._tables, dialect=self.dialect)
+    def check(self, sql: str, dialect: str | None = None) -> GuardResult:
+        verdict = check_sql(sql, self._tables, dialect=dialect or self.dialect)
         if not verdict.allowed:
             return verdict
         # The verdict is the guard's; what runs is the SQLite text it checked (normalized is DuckDB SQL).

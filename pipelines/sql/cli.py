@@ -18,11 +18,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", help="LoRA adapter id or path, or 'none' for the base model")
 
 
-def sql_engine_from_args(args: argparse.Namespace):
-    from pipelines.engine import get_engine
+def profile_from_args(args: argparse.Namespace):
     from pipelines.profiles import resolve_profile
 
-    profile = resolve_profile(args.profile, sql_model=args.model, sql_adapter=args.adapter)
+    return resolve_profile(args.profile, sql_model=args.model, sql_adapter=args.adapter)
+
+
+def sql_engine_from_args(args: argparse.Namespace):
+    from pipelines.engine import get_engine
+
+    profile = profile_from_args(args)
     return get_engine(profile.sql_model, profile.sql_adapter)
 
 
@@ -48,7 +53,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="voxql-cli-") as workdir:
         database = open_database_file(args.db, Path(workdir))
         engine = sql_engine_from_args(args)
-        answer = ask(args.question, database, engine, max_retries=args.max_retries)
+        answer = ask(args.question, database, engine, max_retries=args.max_retries,
+                     dialect=profile_from_args(args).sql_dialect, constrain=not args.no_constrain)
     print(json.dumps(answer.to_dict(), default=json_default))
     return 0 if answer.executed and answer.ok else 1
 
@@ -66,6 +72,8 @@ def register(subparsers) -> None:
     parser.add_argument("--db", required=True, help="DuckDB, SQLite, CSV or Parquet file")
     parser.add_argument("--question", required=True)
     parser.add_argument("--max-retries", type=int, default=2, help="self-corrections after an error (default 2)")
+    parser.add_argument("--no-constrain", action="store_true",
+                        help="decode freely instead of following the schema-scoped SQL grammar")
     add_model_arguments(parser)
     parser.set_defaults(func=cmd_sql)
 

@@ -15,13 +15,19 @@ from pipelines.sql.sandbox import QueryResult, SandboxLimits, run_query
 from pipelines.sql.schema import Schema, read_schema_from_path, schema_from_ddl
 
 
+def check_schema_sql(sql: str, schema: Schema, dialect: str) -> GuardResult:
+    """The guard over a schema's tables, with its columns (for SQLite's double-quoted strings)."""
+    return check_sql(sql, schema.table_names(), dialect=dialect, columns=schema.column_types())
+
+
 class Database(Protocol):
     name: str
-    dialect: str  # sqlglot dialect the model writes and the database runs
+    dialect: str  # the sqlglot dialect the database runs
     schema: Schema
     can_execute: bool
 
-    def check(self, sql: str) -> GuardResult: ...
+    def check(self, sql: str, dialect: str | None = None) -> GuardResult:
+        """The guard's verdict on `sql`, written in `dialect` (default: the database's own)."""
 
     def run(self, sql: str) -> QueryResult: ...
 
@@ -42,8 +48,8 @@ class DuckDBDatabase:
         self.name = self.name or self.path.stem
         self.schema = read_schema_from_path(self.path)
 
-    def check(self, sql: str) -> GuardResult:
-        return check_sql(sql, self.schema.table_names(), dialect=self.dialect)
+    def check(self, sql: str, dialect: str | None = None) -> GuardResult:
+        return check_schema_sql(sql, self.schema, dialect or self.dialect)
 
     def run(self, sql: str) -> QueryResult:
         return run_query(self.path, sql, self.limits)
@@ -62,8 +68,8 @@ class SchemaOnlyDatabase:
     def __post_init__(self) -> None:
         self.schema = schema_from_ddl(self.ddl)
 
-    def check(self, sql: str) -> GuardResult:
-        return check_sql(sql, self.schema.table_names(), dialect=self.dialect)
+    def check(self, sql: str, dialect: str | None = None) -> GuardResult:
+        return check_schema_sql(sql, self.schema, dialect or self.dialect)
 
     def run(self, sql: str) -> QueryResult:
         raise RuntimeError("a schema-only database has no data to run queries on")

@@ -10,6 +10,8 @@ What passes (everything else is refused):
 
 The query is parsed by sqlglot in the dialect it was written in and `normalized` is sqlglot's DuckDB rendering of
 the checked tree: what runs is exactly what was checked, so DuckDB never sees text the guard did not parse.
+SQL parsed as SQLite keeps SQLite's meaning of `"France"`: a double-quoted word that names no column in scope is
+a string, and the DuckDB rendering writes it as one (DuckDB would read it as a column and fail).
 The guard is one layer; the sandbox (sandbox.py) assumes it can be wrong.
 """
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import sqlglot
@@ -77,14 +79,18 @@ class _Refused(Exception):
     """Internal: carries the one-line reason out of the tree walk."""
 
 
-def check_sql(sql: str, known_tables: Iterable[str] | None = None, *, dialect: str = "duckdb") -> GuardResult:
+def check_sql(sql: str, known_tables: Iterable[str] | None = None, *, dialect: str = "duckdb",
+              columns: Mapping[str, Iterable[str]] | None = None) -> GuardResult:
     """Allow `sql` only if it is one read-only query over `known_tables` (None: don't check table names).
 
+    `columns` ({table: column names}) lets SQLite's double-quoted strings be told apart from quoted columns.
     Never raises: anything unexpected, including sqlglot failures and recursion limits, is a refusal.
     """
     try:
         tables = None if known_tables is None else {str(name).lower(): str(name) for name in known_tables}
-        return GuardResult(sql, True, None, _check(sql, tables, dialect))
+        table_columns = None if columns is None else {
+            str(table).lower(): {str(c).lower() for c in names} for table, names in columns.items()}
+        return GuardResult(sql, True, None, _check(sql, tables, dialect, table_columns))
     except _Refused as refusal:
         return GuardResult(sql if isinstance(sql, str) else repr(sql), False, str(refusal), None)
     except RecursionError:
@@ -94,7 +100,7 @@ def check_sql(sql: str, known_tables: Iterable[str] | None = None, *, dialect: s
                            f"the query could not be checked ({type(error).__name__})", None)
 
 
-def _check(sql: str, tables: dict[str, str] | None, dialect: str) -> str:
+def _check(sql: str, tables: dict[str, str] | None, dialect: str, columns: dict[str, set[str]] | None = None) -> str:
     if not isinstance(sql, str):
         raise _Refused("the query must be text")
     if not sql.strip():
@@ -109,11 +115,33 @@ def _check(sql: str, tables: dict[str, str] | None, dialect: str) -> str:
     if explain:  # sqlglot cannot parse EXPLAIN: check what it explains, then put the prefix back
         if _EXPLAIN.match(sql[explain.end():]):
             raise _Refused("EXPLAIN works on one query, not on another EXPLAIN")
-        inner = _check(sql[explain.end():], tables, dialect)
+        inner = _check(sql[explain.end():], tables, dialect, columns)
         return f"EXPLAIN {'ANALYZE ' if explain.group(1) else ''}{inner}"
     statement = _parse_one(sql, dialect)
     _check_statement(statement, tables)
+    if dialect == "sqlite" and columns is not None:
+        _sqlite_quoted_strings_to_literals(statement, columns)
     return statement.sql(dialect="duckdb")
+
+
+def _sqlite_quoted_strings_to_literals(statement: exp.Expression, columns: dict[str, set[str]]) -> None:
+    """SQLite's rule (its docs, "SQLite Keywords"): a double-quoted word that matches no identifier is a string.
+
+    In scope: the columns of every table the query reads, the output names it defines (aliases, CTE columns)
+    and the table and alias names themselves.
+    """
+    names: set[str] = set()
+    for table in statement.find_all(exp.Table):
+        names |= columns.get(table.name.lower(), set())
+        names.update(n.lower() for n in (table.name, table.alias) if n)
+    names.update(alias.alias.lower() for alias in statement.find_all(exp.Alias, exp.TableAlias) if alias.alias)
+    for alias in statement.find_all(exp.TableAlias):
+        names.update(c.name.lower() for c in alias.columns)
+    for column in list(statement.find_all(exp.Column)):
+        identifier = column.this
+        if (isinstance(identifier, exp.Identifier) and identifier.quoted and not column.table
+                and identifier.name.lower() not in names):
+            column.replace(exp.Literal.string(identifier.name))
 
 
 @functools.cache

@@ -2,11 +2,17 @@
 
 prompt (schema as DDL) -> generate (streamed) -> extract the SQL -> guard -> sandboxed run. On a missing query,
 a refusal or an execution error, the error goes back to the model as a new turn, up to `max_retries` times;
-every attempt is kept in the Answer.
+every attempt is kept in the Answer. Retries are sampled: greedy decoding of the same prompt plus an error
+message mostly writes the same query again.
+
+With `constrain` (the default, on engines that support grammars), decoding follows the database's schema-scoped
+grammar (pipelines/sql/grammar.py): the model can only write SQL that parses and names columns of the tables
+its FROM brings in. Where the grammar dead-ends the engine decodes freely and the attempt says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -14,10 +20,14 @@ from dataclasses import asdict, dataclass, field
 from pipelines.engine import DEFAULT_ADAPTER, Engine, SamplingParams
 from pipelines.sql.databases import Database
 from pipelines.sql.extract import extract_sql
+from pipelines.sql.grammar import sql_grammar
 from pipelines.sql.prompt import build_messages, retry_messages
+from pipelines.sql.values import schema_with_values
 
 DEFAULT_MAX_RETRIES = 2
 DEFAULT_PARAMS = SamplingParams(max_new_tokens=256)
+# Retries sample around the greedy answer instead of repeating it; seeded, so a retry is reproducible.
+RETRY_TEMPERATURE, RETRY_TOP_P = 0.7, 0.95
 
 
 @dataclass
@@ -26,6 +36,8 @@ class Attempt:
     sql: str | None  # what was extracted (and, once checked, normalised for the database)
     stage: str  # how far it got: "extract", "validate", "execute" or "done"
     error: str | None = None
+    decoding: str = "greedy"  # "greedy", or "sampled (seed N)" for retries
+    grammar: str | None = None  # "followed", "fell back" (dead end: decoded freely), or None (unconstrained)
 
 
 @dataclass
@@ -55,6 +67,7 @@ class Answer:
     error: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)
+    constrained: str = "off"  # "on", "off", or why it could not be on
 
     @property
     def ok(self) -> bool:
@@ -73,6 +86,13 @@ class Progress:
     stage: str  # "generating", "validating", "executing"
 
 
+def question_messages(question: str, database: Database, *, dialect: str | None = None,
+                      value_hints: bool = True) -> list:
+    """The prompt for `question`: the schema (with value hints) and the dialect the model writes."""
+    schema_text = schema_with_values(database, question) if value_hints else database.schema.to_ddl()
+    return build_messages(question, schema_text, dialect or database.dialect)
+
+
 def ask_stream(
     question: str,
     database: Database,
@@ -81,16 +101,35 @@ def ask_stream(
     adapter=DEFAULT_ADAPTER,
     max_retries: int = DEFAULT_MAX_RETRIES,
     params: SamplingParams = DEFAULT_PARAMS,
+    constrain: bool = True,
+    value_hints: bool = True,
+    dialect: str | None = None,
 ) -> Iterator[Progress | Answer]:
-    """Yield Progress while working and the Answer last."""
+    """Yield Progress while working and the Answer last.
+
+    `value_hints` adds values of the text columns (frequent ones, and those the question names) under the schema.
+    `dialect` is the SQL dialect the model writes (default: the database's own). Spider-trained adapters write
+    SQLite: their SQL is parsed as SQLite and runs as the guard's DuckDB rendering of it.
+    """
+    dialect = dialect or database.dialect
     started = time.perf_counter()
     adapter = engine.resolve_adapter(adapter)
     answer = Answer(question=question, database=database.name, model=engine.info.model,
                     adapter=engine.info.adapters.get(adapter) if adapter else None)
-    messages = build_messages(question, database.schema.to_ddl(), database.dialect)
+    if constrain and not engine.supports_grammar:
+        answer.constrained = f"unavailable: the {engine.info.engine} engine does not support grammars"
+    elif constrain:
+        params = dataclasses.replace(params, grammar=sql_grammar(database.schema))
+        answer.constrained = "on"
+    messages = question_messages(question, database, dialect=dialect, value_hints=value_hints)
     generated_tokens, decode_s = 0, 0.0
     for attempt_number in range(1, max_retries + 2):
-        stream = engine.stream(messages, params, adapter=adapter)
+        attempt_params, decoding = params, "greedy"
+        if attempt_number > 1:
+            attempt_params = dataclasses.replace(params, temperature=RETRY_TEMPERATURE, top_p=RETRY_TOP_P,
+                                                 seed=attempt_number)
+            decoding = f"sampled (seed {attempt_number})"
+        stream = engine.stream(messages, attempt_params, adapter=adapter)
         reply = ""
         for piece in stream:
             reply += piece
@@ -103,7 +142,8 @@ def ask_stream(
             generated_tokens += generation.completion_tokens - 1
             decode_s += (generation.completion_tokens - 1) / stream.tokens_per_s
 
-        attempt = _extract_and_check(reply, database, answer)
+        attempt = _extract_and_check(reply, database, answer, dialect)
+        attempt.decoding, attempt.grammar = decoding, generation.grammar
         if attempt.stage == "validate" and attempt.error is None:
             yield Progress(attempt_number, reply, "executing")
             attempt = _execute(attempt, database, answer)
@@ -112,23 +152,23 @@ def ask_stream(
             answer.error = None
             break
         answer.error = attempt.error
-        messages = retry_messages(messages, reply, attempt.error, database.dialect)
+        messages = retry_messages(messages, reply, attempt.error, dialect)
 
     answer.timings.tokens_per_s = generated_tokens / decode_s if decode_s > 0 else None
     answer.timings.total_ms = (time.perf_counter() - started) * 1000
     yield answer
 
 
-def _extract_and_check(reply: str, database: Database, answer: Answer) -> Attempt:
+def _extract_and_check(reply: str, database: Database, answer: Answer, dialect: str) -> Attempt:
     sql = extract_sql(reply)
     if sql is None:
         return Attempt(reply, None, "extract", "the reply contains no SQL query")
-    return _check(reply, sql, database, answer)
+    return _check(reply, sql, database, answer, dialect)
 
 
-def _check(reply: str, sql: str, database: Database, answer: Answer) -> Attempt:
+def _check(reply: str, sql: str, database: Database, answer: Answer, dialect: str | None = None) -> Attempt:
     checked_at = time.perf_counter()
-    verdict = database.check(sql)
+    verdict = database.check(sql, dialect)
     answer.timings.validation_ms += (time.perf_counter() - checked_at) * 1000
     answer.sql = verdict.normalized or sql
     if not verdict.allowed:
