@@ -79,7 +79,7 @@ def open_duckdb_database(sqlite_path: str | Path, *, model_dialect: str = SPIDER
     return DuckDBDatabase(path, name=Path(sqlite_path).stem, limits=limits, dialect=model_dialect)
 
 
-# -- values: DuckDB's types -> what SQLite would have returned ---------------------------------------------------------
+# -- values: DuckDB's types -> what SQLite would have returned -------------------------------------------------------
 def sqlite_value(value):
     """`value` as SQLite would return it where only the type differs: DECIMAL -> float (int when integral, as
     SQLite keeps integer arithmetic integer), BOOLEAN -> 0/1, DATE/TIMESTAMP/TIME -> SQLite's text form
@@ -107,7 +107,7 @@ def sqlite_rows(rows) -> list[tuple]:
     return [tuple(sqlite_value(v) for v in row) for row in rows]
 
 
-# -- one question -------------------------------------------------------------------------------------------------------
+# -- one question ----------------------------------------------------------------------------------------------------
 def duckdb_exec_match(database: DuckDBDatabase, sqlite_path: str | Path, predicted: str | None, gold: str, *,
                       keep_distinct: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S) -> MatchResult:
     """The official execution match with the prediction checked and run as the app does (guard + DuckDB sandbox).

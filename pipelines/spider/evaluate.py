@@ -318,10 +318,10 @@ def _open_database(spider_dir, db_id: str, schemas: dict, path: str, model_diale
 
 
 def _model_sql(answer) -> str | None:
-    """The SQL the model wrote in its last attempt, as written (`answer.sql` may be the guard's DuckDB rendering)."""
-    if answer.attempts:
-        return extract_sql(answer.attempts[-1].reply)
-    return answer.sql
+    """The SQL of the pipeline's last attempt as the model wrote it (`answer.sql` may be the guard's DuckDB
+    rendering); when that attempt had none, the SQL the answer shows, as before."""
+    written = extract_sql(answer.attempts[-1].reply) if answer.attempts else None
+    return written or answer.sql
 
 
 def _read_predictions(path: str | Path, examples: list[SpiderExample]) -> dict[int, str | None]:
