@@ -24,8 +24,7 @@ def _write_json(path: str | Path, data: dict) -> None:
 
 
 def cmd_eval_spider(args: argparse.Namespace) -> int:
-    from pipelines.engine import DEFAULT_ADAPTER, SamplingParams
-    from pipelines.spider.evaluate import evaluate_spider, run_metadata
+    from pipelines.spider.evaluate import run_metadata
 
     if not Path(args.spider_dir).is_dir():
         raise BadInput(f"no Spider folder at {args.spider_dir}")
@@ -35,7 +34,7 @@ def cmd_eval_spider(args: argparse.Namespace) -> int:
     engine = None if args.gold or args.predictions_in else sql_engine_from_args(args)
     summaries = []
     for path in paths:
-        report = _run_one(args, engine, path, evaluate_spider, DEFAULT_ADAPTER, SamplingParams)
+        report = _evaluate_one_path(args, engine, path)
         result = {**report.to_dict(), **run_metadata(_command_line()), "spider_dir": str(args.spider_dir)}
         if engine is not None:
             result["engine"] = {"engine": engine.info.engine, "device": engine.info.device,
@@ -53,8 +52,11 @@ def cmd_eval_spider(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_one(args, engine, path: str, evaluate_spider, default_adapter, sampling_params):
+def _evaluate_one_path(args: argparse.Namespace, engine, path: str):
     from tqdm import tqdm
+
+    from pipelines.engine import DEFAULT_ADAPTER, SamplingParams
+    from pipelines.spider.evaluate import evaluate_spider
 
     bar = tqdm(total=None, desc=f"spider {args.split} ({path})", unit="q", file=sys.stderr, dynamic_ncols=True)
 
@@ -67,8 +69,8 @@ def _run_one(args, engine, path: str, evaluate_spider, default_adapter, sampling
     try:
         return evaluate_spider(
             args.spider_dir, engine, split=args.split, limit=args.limit, seed=args.seed,
-            adapter=default_adapter, gold=args.gold, retries=args.retries,
-            params=sampling_params(max_new_tokens=args.max_new_tokens), progress=progress,
+            adapter=DEFAULT_ADAPTER, gold=args.gold, retries=args.retries,
+            params=SamplingParams(max_new_tokens=args.max_new_tokens), progress=progress,
             predictions_out=_for_path(args.predictions_out, path, args.path == "both"),
             keep_distinct=args.keep_distinct, timeout_s=args.timeout, path=path, model_dialect=args.model_dialect,
             predictions_in=args.predictions_in, transpile_from=None if args.no_transpile else "duckdb",

@@ -21,7 +21,8 @@ import uuid
 from pathlib import Path
 
 from pipelines.spider import SPIDER_DIALECT
-from pipelines.spider.exec_match import QUERY_ERRORS, MatchResult, gold_rows, order_matters, prepare, result_eq
+from pipelines.spider.exec_match import (
+    QUERY_ERRORS, MatchResult, _describe, gold_rows, order_matters, prepare, result_eq)
 from pipelines.spider.sqlite_db import DEFAULT_TIMEOUT_S
 from pipelines.sql.databases import DuckDBDatabase
 from pipelines.sql.sandbox import SandboxLimits
@@ -128,10 +129,7 @@ def duckdb_exec_match(database: DuckDBDatabase, sqlite_path: str | Path, predict
     result = database.run(verdict.normalized)
     if not result.ok:
         return MatchResult(False, f"{result.error.kind}: {result.error.message}", ran_sql=verdict.normalized)
+    if result.truncated:  # past the caps, far above any Spider gold (1,860 rows at most): it cannot match
+        return MatchResult(False, ran_sql=verdict.normalized)
     ordered = order_matters(prepare(gold, keep_distinct))
     return MatchResult(result_eq(gold_result, sqlite_rows(result.rows), ordered), ran_sql=verdict.normalized)
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error).splitlines()[0] if str(error) else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
