@@ -20,6 +20,7 @@ from pipelines.profiles import Profile
 from pipelines.sql.chart import choose_chart
 from pipelines.sql.databases import Database, DuckDBDatabase, SchemaOnlyDatabase
 from pipelines.sql.demo_data import DemoDatabase
+from pipelines.sql.examples import example_labels
 from pipelines.sql.extract import extract_sql
 from pipelines.sql.pipeline import Answer, Progress, ask_stream, run_sql
 from pipelines.sql.uploads import import_upload, new_session_dir, remove_session_dir
@@ -158,6 +159,7 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
             question = gr.Textbox(label="Question", placeholder="Ask in plain words and press Enter",
                                   elem_id="question", lines=1, max_lines=3)
             examples = gr.Dataset(components=[question], samples=[[q] for q in demos[first].examples],
+                                  sample_labels=example_labels(first, demos[first].examples, profile.name),
                                   label="Examples", elem_id="examples")
             with gr.Row():
                 ask = gr.Button("Ask", variant="primary", elem_id="ask")
@@ -216,7 +218,8 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
         description = demo.description if demo else (
             "Pasted schema: queries are generated and checked, not run." if key == PASTED else "Your upload (this session only).")
         samples = [[q] for q in demo.examples] if demo else []
-        return database.schema.to_ddl(), description, gr.Dataset(samples=samples)
+        labels = example_labels(key, demo.examples, profile.name) if demo else None  # marks known-wrong examples
+        return database.schema.to_ddl(), description, gr.Dataset(samples=samples, sample_labels=labels)
 
     def ask_question(text: str, key: str, adapter_choice: str, constrained: bool, hinted: bool, state: dict,
                      past: list):

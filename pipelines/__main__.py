@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "pipelines.sql.cli",
     "pipelines.spider.cli",
     "pipelines.sql.safety_cli",
+    "pipelines.sql.examples",
     "pipelines.speech.cli",
     "pipelines.training.cli",
 ]

@@ -1,4 +1,5 @@
-"""CLI: `eval-spider` (execution accuracy on Spider) and `spider-hardness` (parser agreement on dev)."""
+"""CLI: `eval-spider` (execution accuracy on Spider, in SQLite or the app's DuckDB path) and `spider-hardness`
+(parser agreement on dev)."""
 
 from __future__ import annotations
 
@@ -23,15 +24,41 @@ def _write_json(path: str | Path, data: dict) -> None:
 
 
 def cmd_eval_spider(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from pipelines.engine import DEFAULT_ADAPTER, SamplingParams
-    from pipelines.spider.evaluate import evaluate_spider, run_metadata
+    from pipelines.spider.evaluate import run_metadata
 
     if not Path(args.spider_dir).is_dir():
         raise BadInput(f"no Spider folder at {args.spider_dir}")
-    engine = None if args.gold else sql_engine_from_args(args)
-    bar = tqdm(total=None, desc=f"spider {args.split}", unit="q", file=sys.stderr, dynamic_ncols=True)
+    if args.gold and args.predictions_in:
+        raise BadInput("--gold and --predictions-in exclude each other")
+    paths = ["sqlite", "duckdb"] if args.path == "both" else [args.path]
+    engine = None if args.gold or args.predictions_in else sql_engine_from_args(args)
+    summaries = []
+    for path in paths:
+        report = _evaluate_one_path(args, engine, path)
+        result = {**report.to_dict(), **run_metadata(_command_line()), "spider_dir": str(args.spider_dir)}
+        if engine is not None:
+            result["engine"] = {"engine": engine.info.engine, "device": engine.info.device,
+                                "dtype": engine.info.dtype}
+        if args.out:
+            _write_json(_for_path(args.out, path, len(paths) > 1), result)
+        print(_summary(report), file=sys.stderr)
+        summaries.append({key: result[key] for key in (
+            "path", "execution_accuracy", "scored", "correct", "skipped", "gold_failed", "model", "adapter", "split",
+            "limit", "seed")})
+        if report.cancelled:
+            break
+    for summary in summaries:
+        print(json.dumps(summary))
+    return 0
+
+
+def _evaluate_one_path(args: argparse.Namespace, engine, path: str):
+    from tqdm import tqdm
+
+    from pipelines.engine import DEFAULT_ADAPTER, SamplingParams
+    from pipelines.spider.evaluate import evaluate_spider
+
+    bar = tqdm(total=None, desc=f"spider {args.split} ({path})", unit="q", file=sys.stderr, dynamic_ncols=True)
 
     def progress(done: int, total: int) -> None:
         if bar.total != total:
@@ -40,33 +67,39 @@ def cmd_eval_spider(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     try:
-        report = evaluate_spider(
+        return evaluate_spider(
             args.spider_dir, engine, split=args.split, limit=args.limit, seed=args.seed,
             adapter=DEFAULT_ADAPTER, gold=args.gold, retries=args.retries,
             params=SamplingParams(max_new_tokens=args.max_new_tokens), progress=progress,
-            predictions_out=args.predictions_out, keep_distinct=args.keep_distinct, timeout_s=args.timeout,
+            predictions_out=_for_path(args.predictions_out, path, args.path == "both"),
+            keep_distinct=args.keep_distinct, timeout_s=args.timeout, path=path, model_dialect=args.model_dialect,
+            predictions_in=args.predictions_in, transpile_from=None if args.no_transpile else "duckdb",
         )
     finally:
         bar.close()
-    result = {**report.to_dict(), **run_metadata(_command_line()), "spider_dir": str(args.spider_dir)}
-    if engine is not None:
-        result["engine"] = {"engine": engine.info.engine, "device": engine.info.device, "dtype": engine.info.dtype}
-    if args.out:
-        _write_json(args.out, result)
-    print(_summary(report), file=sys.stderr)
-    print(json.dumps({key: result[key] for key in ("execution_accuracy", "scored", "correct", "skipped",
-                                                   "gold_failed", "model", "adapter", "split", "limit", "seed")}))
-    return 0
+
+
+def _for_path(file: str | None, path: str, several: bool) -> str | None:
+    """With --path both, each path's file gets its name: report.json -> report-sqlite.json, report-duckdb.json."""
+    if file is None or not several:
+        return file
+    file = Path(file)
+    return str(file.with_name(f"{file.stem}-{path}{file.suffix}"))
 
 
 def _summary(report) -> str:
     def pct(value) -> str:
         return "n/a" if value is None else f"{100 * value:.1f}%"
 
-    lines = [f"execution accuracy {pct(report.execution_accuracy)} ({report.correct}/{report.scored} scored; "
-             f"{report.skipped} skipped, database missing; {report.gold_failed} gold failed)"]
+    lines = [f"{report.path} path: execution accuracy {pct(report.execution_accuracy)} ({report.correct}/"
+             f"{report.scored} scored; {report.skipped} skipped, database missing; {report.gold_failed} gold failed)"]
     for level, score in report.by_hardness.items():
         lines.append(f"  {level:<6} {pct(score.execution_accuracy):>6} ({score.correct}/{score.scored})")
+    wrong = ", ".join(f"{kind} {count}" for kind, count in report.error_breakdown.items())
+    lines.append(f"  wrong: {wrong}")
+    if report.latency_ms.get("questions"):
+        lines.append(f"  latency per question: p50 {report.latency_ms['p50_ms']:.0f} ms, "
+                     f"p95 {report.latency_ms['p95_ms']:.0f} ms")
     if report.cancelled:
         lines.append("  (cancelled: partial result)")
     return "\n".join(lines)
@@ -93,6 +126,15 @@ def register(subparsers) -> None:
     parser.add_argument("--limit", type=int, help="score a seeded random sample of N questions")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default 0)")
     parser.add_argument("--gold", action="store_true", help="score the gold SQL as predictions (must give 1.0)")
+    parser.add_argument("--predictions-in", metavar="FILE",
+                        help="score the SQL of a --predictions-out JSONL (same split) instead of running a model")
+    parser.add_argument("--path", choices=["sqlite", "duckdb", "both"], default="sqlite",
+                        help="sqlite: run predictions in SQLite as written (default); duckdb: ask and run as the "
+                             "app does, over a DuckDB copy (guard + sandbox); both: one report each")
+    parser.add_argument("--model-dialect", default="sqlite",
+                        help="DuckDB path: the SQL dialect the model writes and the guard parses (default sqlite)")
+    parser.add_argument("--no-transpile", action="store_true",
+                        help="SQLite path: do not retry a prediction that fails in SQLite transpiled from DuckDB")
     parser.add_argument("--retries", type=int, default=0,
                         help="self-corrections after an error (default 0: the official single-shot number)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="generation budget per answer (default 256)")

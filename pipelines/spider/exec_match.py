@@ -118,6 +118,9 @@ class MatchResult:
     correct: bool
     error: str | None = None  # why the prediction failed to run (None when it ran)
     gold_error: str | None = None  # the gold failed to run: the question cannot be scored fairly (counted wrong)
+    refused: bool = False  # the app's guard refused the prediction, so it never ran (DuckDB path only)
+    ran_sql: str | None = None  # what actually ran, when that is not the prediction's own text
+    transpiled: bool = False  # the prediction failed in SQLite as written and ran after transpiling to SQLite
 
 
 class GoldFailed(Exception):
@@ -129,25 +132,64 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+QUERY_ERRORS = (QueryTimeout, sqlite3.Error, sqlite3.Warning, ValueError, OverflowError, MemoryError)
+
+
+def gold_rows(path: str | Path, gold: str, *, keep_distinct: bool = False,
+              timeout_s: float = DEFAULT_TIMEOUT_S) -> list[Row]:
+    """The gold's rows after the official post-processing (raises one of QUERY_ERRORS when it fails)."""
+    _, rows, _ = execute(path, prepare(gold, keep_distinct), timeout_s=timeout_s)
+    return rows
+
+
 def exec_match(db_paths: str | Path | Sequence[str | Path], predicted: str | None, gold: str, *,
-               keep_distinct: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S) -> MatchResult:
-    """Is `predicted` execution-equal to `gold` on every database file? (An empty prediction is wrong.)"""
+               keep_distinct: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
+               transpile_from: str | None = None) -> MatchResult:
+    """Is `predicted` execution-equal to `gold` on every database file? (An empty prediction is wrong.)
+
+    `transpile_from` (a sqlglot dialect, e.g. "duckdb"): a prediction that fails in SQLite as written (an SQL
+    error, not a timeout) is transpiled from that dialect to SQLite and run again. Queries that run as written
+    are never touched, so no verdict of a SQLite prediction that runs can change.
+    """
     paths = [db_paths] if isinstance(db_paths, (str, Path)) else list(db_paths)
     gold_sql = prepare(gold, keep_distinct)
     ordered = order_matters(gold_sql)
     if not predicted or not predicted.strip():
         return MatchResult(False, "no SQL was predicted")
     predicted_sql = prepare(predicted, keep_distinct)
+    transpiled = False
     for path in paths:
         try:
-            _, gold_rows, _ = execute(path, gold_sql, timeout_s=timeout_s)
-        except (QueryTimeout, sqlite3.Error, sqlite3.Warning, ValueError, OverflowError, MemoryError) as error:
+            _, gold_result, _ = execute(path, gold_sql, timeout_s=timeout_s)
+        except QUERY_ERRORS as error:
             # The official code asserts here; one broken gold query must not stop a whole evaluation.
             return MatchResult(False, None, _describe(error))
         try:
-            _, predicted_rows, _ = execute(path, predicted_sql, timeout_s=timeout_s, max_rows=len(gold_rows) + 1)
-        except (QueryTimeout, sqlite3.Error, sqlite3.Warning, ValueError, OverflowError, MemoryError) as error:
-            return MatchResult(False, _describe(error))
-        if not result_eq(gold_rows, predicted_rows, ordered):
-            return MatchResult(False)
-    return MatchResult(True)
+            _, predicted_rows, _ = execute(path, predicted_sql, timeout_s=timeout_s, max_rows=len(gold_result) + 1)
+        except QUERY_ERRORS as error:
+            fallback = None if transpiled or isinstance(error, QueryTimeout) or not transpile_from else \
+                to_sqlite(predicted_sql, transpile_from)
+            if fallback is None:
+                return MatchResult(False, _describe(error), ran_sql=predicted_sql if transpiled else None,
+                                   transpiled=transpiled)
+            try:
+                _, predicted_rows, _ = execute(path, fallback, timeout_s=timeout_s, max_rows=len(gold_result) + 1)
+            except QUERY_ERRORS:
+                return MatchResult(False, _describe(error))  # the error of the text as written says more
+            predicted_sql, transpiled = fallback, True
+        if not result_eq(gold_result, predicted_rows, ordered):
+            return MatchResult(False, ran_sql=predicted_sql if transpiled else None, transpiled=transpiled)
+    return MatchResult(True, ran_sql=predicted_sql if transpiled else None, transpiled=transpiled)
+
+
+def to_sqlite(sql: str, dialect: str) -> str | None:
+    """`sql` read as `dialect` and written as SQLite; None when sqlglot cannot read it or nothing changes."""
+    import sqlglot
+
+    try:
+        statements = sqlglot.transpile(sql, read=dialect, write="sqlite")
+    except (sqlglot.errors.SqlglotError, RecursionError, ValueError):
+        return None
+    if len(statements) != 1 or statements[0].strip() == sql.strip():
+        return None
+    return statements[0]

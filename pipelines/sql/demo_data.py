@@ -142,11 +142,12 @@ def _shop_is_fresh(path: Path) -> bool:
 
 def ensure_demo_databases(directory: Path | None = None) -> dict[str, DemoDatabase]:
     """Build what is missing or stale and return the demo databases by name."""
+    from pipelines.sql.examples import load_examples
     from pipelines.sql.uploads import sqlite_to_duckdb
 
     directory = directory or cache_dir() / "databases"
     directory.mkdir(parents=True, exist_ok=True)
-    examples = json.loads((DEMO_DIR / "examples.json").read_text())
+    examples = {name: [example.question for example in items] for name, items in load_examples().items()}
     shop = directory / "shop.duckdb"
     if not _shop_is_fresh(shop):
         build_shop(shop)

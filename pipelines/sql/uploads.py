@@ -344,7 +344,7 @@ def _copy_table(source: sqlite3.Connection, con, table: dict, created: dict[str,
         try:
             _insert_rows(source, con, name, quoted_src, [c for c, _ in table["columns"]], types)
         except duckdb.ConstraintException:
-            con.execute(f"DROP TABLE {quote_identifier(name)}")
+            con.execute(f"DROP TABLE {_quoted(name)}")
             continue
         created[name.lower()] = {"name": name, "pk": pk,
                                  "types": {c.lower(): t for (c, _), t in zip(table["columns"], types)}}
@@ -388,13 +388,13 @@ def _integers_as_text(source, table: dict, position: int) -> bool:
 
 
 def _create_sql(name: str, columns: list, types: list[str], pk: list[str], fks: list[dict]) -> str:
-    parts = [f"{quote_identifier(column)} {kind}" for (column, _), kind in zip(columns, types)]
+    parts = [f"{_quoted(column)} {kind}" for (column, _), kind in zip(columns, types)]
     if pk:
-        parts.append(f"PRIMARY KEY ({', '.join(map(quote_identifier, pk))})")
+        parts.append(f"PRIMARY KEY ({', '.join(map(_quoted, pk))})")
     for fk in fks:
-        parts.append(f"FOREIGN KEY ({', '.join(map(quote_identifier, fk['columns']))}) REFERENCES "
-                     f"{quote_identifier(fk['ref_table'])} ({', '.join(map(quote_identifier, fk['ref_columns']))})")
-    return f"CREATE TABLE {quote_identifier(name)} ({', '.join(parts)})"
+        parts.append(f"FOREIGN KEY ({', '.join(map(_quoted, fk['columns']))}) REFERENCES "
+                     f"{_quoted(fk['ref_table'])} ({', '.join(map(_quoted, fk['ref_columns']))})")
+    return f"CREATE TABLE {_quoted(name)} ({', '.join(parts)})"
 
 
 def _column_types(source: sqlite3.Connection, table: str, columns: list[tuple[str, str]]) -> list[str]:
@@ -429,7 +429,7 @@ def _insert_rows(source, con, name: str, quoted_src: str, columns: list[str], ty
                   "VARCHAR": lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)}
     select = ", ".join(_sqlite_quote(c) for c in columns)
     cursor = source.execute(f"SELECT {select} FROM {quoted_src}")
-    target = quote_identifier(name)
+    target = _quoted(name)
     while batch := cursor.fetchmany(SQLITE_BATCH_ROWS):
         arrays = []
         for i, kind in enumerate(types):
@@ -445,4 +445,9 @@ def _insert_rows(source, con, name: str, quoted_src: str, columns: list[str], ty
 
 
 def _sqlite_quote(name: str) -> str:
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def _quoted(name: str) -> str:
+    """A DuckDB identifier, always quoted: a SQLite file's names may be DuckDB keywords (Spider has a table `show`)."""
     return '"' + str(name).replace('"', '""') + '"'
