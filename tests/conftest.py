@@ -78,7 +78,7 @@ def taught_adapter_dir(tmp_path_factory, tiny_llama_dir, shop_db) -> Path:
 
     The base model stays random, so with the adapter off the same prompt gives noise: that is what the
     adapter-switch tests rely on. The prompts are built by the production prompt code, in each form the tests
-    ask in: the test shop and the app's demo shop, with and without value hints, in both dialects.
+    ask in.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -92,13 +92,12 @@ def taught_adapter_dir(tmp_path_factory, tiny_llama_dir, shop_db) -> Path:
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     target_ids = tokenizer(TAUGHT_SQL, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     rows = []
-    for path in (shop_db, ensure_demo_databases()["shop"].path):
-        for dialect in ("duckdb", "sqlite"):
-            for value_hints in (True, False):
-                messages = question_messages(TAUGHT_QUESTION, DuckDBDatabase(path, name="shop"), dialect=dialect,
-                                             value_hints=value_hints)
-                prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-                rows.append(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    # The pipeline tests ask the test shop in DuckDB; the CLI asks it, and the app its demo shop, in the profile's
+    # dialect (SQLite).
+    for path, dialect in ((shop_db, "duckdb"), (shop_db, "sqlite"), (ensure_demo_databases()["shop"].path, "sqlite")):
+        messages = question_messages(TAUGHT_QUESTION, DuckDBDatabase(path, name="shop"), dialect=dialect)
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        rows.append(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     width = max(len(prompt_ids) for prompt_ids in rows) + len(target_ids)
     pad = tokenizer.pad_token_id
     # Left-padded so every row ends with its answer; padding is masked out of attention and loss.
@@ -112,7 +111,7 @@ def taught_adapter_dir(tmp_path_factory, tiny_llama_dir, shop_db) -> Path:
     lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                             "up_proj", "down_proj"], task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     for _ in range(400):
         # Logits for the answer positions only: the whole sequence's would be rows x tokens x 49k floats.
         logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -121,7 +120,7 @@ def taught_adapter_dir(tmp_path_factory, tiny_llama_dir, shop_db) -> Path:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        if loss.item() < 0.01:
+        if loss.item() < 0.02:
             break
     path = tmp_path_factory.mktemp("taught-lora")
     model.save_pretrained(path)

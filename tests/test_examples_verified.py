@@ -102,7 +102,7 @@ def test_the_shipped_cpu_model_still_answers_as_the_file_says(demos):
         pytest.skip(f"the embedded model is not installed: {error}")
     data = json.loads(VERIFIED_FILE.read_text())
     committed = {(r["db"], r["question"]): r for r in data["examples"]}
-    now = verify_examples(engine, demos=demos, max_retries=data["max_retries"])["examples"]
+    now = verify_examples(engine, demos=demos, max_retries=data["max_retries"], **data["ask_options"])["examples"]
     changed = [f"{r['db']}: {r['question']!r} is now {'right' if r['correct'] else 'wrong'} "
                f"({r['predicted_sql']!r}; the file has {committed[(r['db'], r['question'])]['predicted_sql']!r})"
                for r in now if r["correct"] != committed[(r["db"], r["question"])]["correct"]]

@@ -210,3 +210,20 @@ def test_sqlite_strings_run_in_duckdb(tmp_path):
     verdict = database.check('SELECT Name FROM singer WHERE Country = "France"', "sqlite")
     assert verdict.allowed
     assert database.run(verdict.normalized).rows == [["Joe"]]
+
+
+@pytest.mark.parametrize("sql, normalized", [
+    # bare columns: SQLite takes them from some row of the group; DuckDB would refuse the query
+    ("SELECT T1.Name, count(*) FROM singer AS T1 JOIN concert AS T2 ON T1.Name = T2.concert_Name GROUP BY T1.Age",
+     "SELECT ANY_VALUE(T1.Name), COUNT(*) FROM singer AS T1 JOIN concert AS T2 ON T1.Name = T2.concert_Name "
+     "GROUP BY T1.Age"),
+    # ... and after a single max() or min(), from the row that has it (SQLite's documented "bare columns")
+    ("SELECT Name, max(Age) FROM singer", "SELECT ARG_MAX(Name, Age), MAX(Age) FROM singer"),
+    ("SELECT Country, count(*) AS n FROM singer GROUP BY Country ORDER BY n DESC",
+     "SELECT Country, COUNT(*) AS n FROM singer GROUP BY Country ORDER BY n DESC"),
+    ("SELECT Name, (SELECT max(Age) FROM singer) FROM singer", "SELECT Name, (SELECT MAX(Age) FROM singer) FROM singer"),
+    ("SELECT Name FROM singer WHERE Name LIKE 'jo%'", "SELECT Name FROM singer WHERE Name ILIKE 'jo%'"),
+])
+def test_sqlite_group_by_and_like_keep_their_meaning_in_duckdb(sql, normalized):
+    verdict = check_sql(sql, SINGERS, dialect="sqlite", columns=SINGERS)
+    assert verdict.allowed and verdict.normalized == normalized

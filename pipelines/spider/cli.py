@@ -74,6 +74,7 @@ def _evaluate_one_path(args: argparse.Namespace, engine, path: str):
             predictions_out=_for_path(args.predictions_out, path, args.path == "both"),
             keep_distinct=args.keep_distinct, timeout_s=args.timeout, path=path, model_dialect=args.model_dialect,
             predictions_in=args.predictions_in, transpile_from=None if args.no_transpile else "duckdb",
+            ask_options=dict(constrain=not args.no_constrain, value_hints=not args.no_value_hints),
         )
     finally:
         bar.close()
@@ -135,6 +136,10 @@ def register(subparsers) -> None:
                         help="DuckDB path: the SQL dialect the model writes and the guard parses (default sqlite)")
     parser.add_argument("--no-transpile", action="store_true",
                         help="SQLite path: do not retry a prediction that fails in SQLite transpiled from DuckDB")
+    parser.add_argument("--no-constrain", action="store_true",
+                        help="decode freely instead of following the schema-scoped SQL grammar")
+    parser.add_argument("--no-value-hints", action="store_true",
+                        help="show the model the schema alone, without values of its text columns")
     parser.add_argument("--retries", type=int, default=0,
                         help="self-corrections after an error (default 0: the official single-shot number)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="generation budget per answer (default 256)")

@@ -183,7 +183,7 @@ def cmd_verify_examples(args) -> int:
         bar.update(done - bar.n)
 
     try:
-        result = verify_examples(engine, progress=progress, max_retries=args.retries)
+        result = verify_examples(engine, progress=progress, max_retries=args.retries, dialect=profile.sql_dialect)
     finally:
         bar.close()
     result = {"profile": profile.name, **result, **run_metadata("python -m pipelines " + shlex.join(sys.argv[1:]))}

@@ -119,9 +119,49 @@ def _check(sql: str, tables: dict[str, str] | None, dialect: str, columns: dict[
         return f"EXPLAIN {'ANALYZE ' if explain.group(1) else ''}{inner}"
     statement = _parse_one(sql, dialect)
     _check_statement(statement, tables)
-    if dialect == "sqlite" and columns is not None:
-        _sqlite_quoted_strings_to_literals(statement, columns)
+    if dialect == "sqlite":
+        _keep_sqlite_meaning(statement, columns)
     return statement.sql(dialect="duckdb")
+
+
+def _keep_sqlite_meaning(statement: exp.Expression, columns: dict[str, set[str]] | None) -> None:
+    """Rewrite SQLite-only meanings into DuckDB SQL that means the same, so SQLite-trained models' queries run."""
+    if columns is not None:
+        _sqlite_quoted_strings_to_literals(statement, columns)
+    for like in list(statement.find_all(exp.Like)):  # SQLite's LIKE ignores ASCII case; DuckDB's does not
+        like.replace(exp.ILike(this=like.this, expression=like.expression))
+    for select in list(statement.find_all(exp.Select)):
+        _sqlite_bare_columns(select)
+
+
+def _sqlite_bare_columns(select: exp.Select) -> None:
+    """SQLite allows columns that are neither grouped nor aggregated (`SELECT name, count(*) ... GROUP BY id`),
+    taking them from some row of the group, or from the row of the one max()/min() (SQLite's documented
+    "bare columns"); DuckDB refuses them. Wrap them in any_value(), or arg_max()/arg_min() after one max/min."""
+    group = select.args.get("group")
+    items = list(select.expressions)
+    own_aggregates = [a for item in items for a in item.find_all(exp.AggFunc)
+                      if a.find_ancestor(exp.Select) is select and not a.find_ancestor(exp.Window)]
+    if not group and not own_aggregates:
+        return
+    grouped = {g.sql() for g in (group.expressions if group else [])}
+    aliases = {item.alias for item in items if isinstance(item, exp.Alias)}
+    extremes = [a for a in own_aggregates if isinstance(a, (exp.Max, exp.Min))]
+    parts = items + [o.this for o in (select.args.get("order").expressions if select.args.get("order") else [])]
+    if select.args.get("having"):
+        parts.append(select.args["having"].this)
+    for part in parts:
+        for column in list(part.find_all(exp.Column)):
+            owner = column.find_ancestor(exp.AggFunc, exp.Select)  # the nearest aggregate or query around it
+            if owner is not select or column.sql() in grouped or isinstance(column.this, exp.Star):
+                continue  # aggregated, in a subquery, grouped, or t.*
+            if not column.table and column.name in aliases:
+                continue  # an output name: ORDER BY n
+            if len(extremes) == 1 and extremes[0].this is not None:
+                kind = "ARG_MAX" if isinstance(extremes[0], exp.Max) else "ARG_MIN"
+                column.replace(exp.Anonymous(this=kind, expressions=[column.copy(), extremes[0].this.copy()]))
+            else:
+                column.replace(exp.Anonymous(this="ANY_VALUE", expressions=[column.copy()]))
 
 
 def _sqlite_quoted_strings_to_literals(statement: exp.Expression, columns: dict[str, set[str]]) -> None:
