@@ -96,6 +96,19 @@ class ListenSession:
                 self._received_s += chunk.shape[0] / rate
         self.scheduler.wake(self)
 
+    def prepare(self) -> None:
+        """Load the model and open the stream on the worker now, before the first chunk (non-blocking)."""
+        self.scheduler.wake(self)
+
+    def cancel(self) -> None:
+        """Drop the recording (its browser tab closed): no final transcript, nothing left for the worker."""
+        with self._lock:
+            self._stopping = True
+            self._inbox.clear()
+            if self._error is None and self.final is None:
+                self._error, self._error_type = "microphone: the recording was cancelled", BadInput
+        self._done.set()
+
     def stop(self) -> None:
         """Ask for the final transcript (non-blocking); `result` or `finish` waits for it."""
         with self._lock:
@@ -148,7 +161,7 @@ class ListenSession:
     # -- the worker's side ----------------------------------------------------------------------------------
     def has_work(self) -> bool:
         with self._lock:
-            return not self._done.is_set() and (bool(self._inbox) or self._stopping)
+            return not self._done.is_set() and (bool(self._inbox) or self._stopping or self._stream is None)
 
     def work(self) -> None:
         try:
@@ -167,6 +180,8 @@ class ListenSession:
         self._done.set()
 
     def _work(self) -> None:
+        if self._done.is_set():  # cancelled (or failed) while queued
+            return
         if self._engine is None:
             self._engine = self._load()
         if self._stream is None:
