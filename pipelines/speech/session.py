@@ -177,6 +177,7 @@ class ListenSession:
             self._error_type = type(error)
             self._inbox.clear()
             self._stopping = True
+        self._resampler = None  # (the worker's own: _fail runs on the worker)
         self._done.set()
 
     def _work(self) -> None:
