@@ -66,7 +66,7 @@ class ListenSession:
         self.scheduler = scheduler or shared_scheduler()
         self.handler_ms: list[float] = []  # the UI handler's own time per chunk (it records it here)
         self.started = time.perf_counter()
-        self.first_words_s: float | None = None  # wall time from start to the first published words
+        self.published: list[tuple[float, str]] = []  # (perf_counter, text) each time the live text changed
         # Shared between the handler and the worker, under _lock.
         self._lock = threading.Lock()
         self._inbox: list[tuple[int, np.ndarray]] = []
@@ -207,8 +207,8 @@ class ListenSession:
         with self._lock:
             self._latest = partial
             self._recognised_s = self._recognised()
-        if self.first_words_s is None and partial.text:
-            self.first_words_s = time.perf_counter() - self.started
+        if partial.text and (not self.published or self.published[-1][1] != partial.text):
+            self.published.append((time.perf_counter(), partial.text))
 
     def _recognised(self) -> float:
         # The recogniser's own count when it has one (Whisper: looked at; Voxtral: decoded steps).
