@@ -84,6 +84,7 @@ def stream_clip(engine, clip: dict, *, chunk_s: float, scheduler: LiveScheduler)
         "lag_s": {"mean": round(float(np.mean(lags)), 3), "max": round(float(np.max(lags)), 3)},
         "behind_chunks": int(behind), "finish_after_stop_s": round(finish_s, 3),
         "decodes": getattr(session._stream, "decodes", None),
+        "decode_log": getattr(session._stream, "decode_log", None),  # (window s, ms) per decode
         "wer": round(wer(clip["text"], final.text), 4), "text": final.text,
     }
 

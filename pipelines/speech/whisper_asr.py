@@ -37,6 +37,7 @@ SILENCE_KEEP_S = 0.5  # of a silent window, keep this much: speech may be starti
 # with under 10 s, or under 2 s of padding, Whisper began repeating itself.
 LIVE_CONTEXT_MIN_S = 10.0
 LIVE_CONTEXT_PAD_S = 3.0
+LIVE_TOKENS_PER_S = 8  # fast speech is about 3-4 words, 4-6 tokens, a second
 
 
 def display_name(spec: str) -> str:
@@ -103,12 +104,17 @@ class WhisperEngine:
             frames = len(samples) // hop + int(LIVE_CONTEXT_PAD_S * SAMPLE_RATE) // hop
             frames = min(max(frames, int(LIVE_CONTEXT_MIN_S * SAMPLE_RATE) // hop), 3000)
             frames += frames % 2  # the encoder's convolution halves the frames
+        live = {}
+        if short_context:
+            # A live decode has a bounded cost: no temperature fallback (up to 6 decodes), and no more tokens than
+            # speech could hold, which stops a decoder that loops on a short window (seen: 25 s for 0.6 s).
+            live = {"temperature": 0.0, "max_new_tokens": int(LIVE_TOKENS_PER_S * len(samples) / SAMPLE_RATE) + 8}
         with self.lock:
             self.model.encoder_frames = frames
             try:
                 segments, _ = self.model.transcribe(
                     samples, language="en", beam_size=1, word_timestamps=True, condition_on_previous_text=False,
-                    vad_filter=False, initial_prompt=prompt or None,
+                    vad_filter=False, initial_prompt=prompt or None, **live,
                 )
                 segments = list(segments)
             finally:
@@ -118,7 +124,8 @@ class WhisperEngine:
             for word in segment.words or []:
                 # Whisper writes non-speech as "[Music]" or "(laughs)": not words, and not tags we can trust.
                 text = strip_tags(word.word).strip()
-                if text and not (text.startswith("(") and text.endswith(")")):
+                # A lone "." or "-" is no word (Whisper writes them over silence).
+                if any(ch.isalnum() for ch in text) and not (text.startswith("(") and text.endswith(")")):
                     words.append(TimedWord(text, round(offset_s + float(word.start), 3),
                                            round(offset_s + float(word.end), 3)))
         return words
@@ -165,6 +172,21 @@ def agreed_prefix(previous: list[TimedWord], current: list[TimedWord]) -> int:
     return count
 
 
+def drop_inventions(words: list[TimedWord], speech_end_s: float) -> list[TimedWord]:
+    """Remove what Whisper writes beyond the audio on a short window: words that lie mostly after the end of the
+    speech ("Thank you."), words the aligner squeezed into no time at the end (a sentence written twice had its copy
+    all at one instant), and a trailing repeat of the words before it."""
+    end = speech_end_s - 0.1  # the VAD's span ends 150 ms after the speech
+    words = [w for w in words if w.start < end and (w.end <= end or (end - w.start) / (w.end - w.start) >= 0.5)]
+    while words and words[-1].end - words[-1].start < 0.02:
+        words = words[:-1]
+    keys = [w.key for w in words]
+    for n in range(len(words) // 2, 2, -1):
+        if keys[-n:] == keys[-2 * n:-n]:
+            return words[:-n]
+    return words
+
+
 class WhisperStream:
     """One user's live Whisper transcript: committed words, plus tentative words from the open window.
 
@@ -174,8 +196,9 @@ class WhisperStream:
     """
 
     def __init__(self, engine: WhisperEngine, step_s: float = STEP_S, max_window_s: float = MAX_WINDOW_S,
-                 pause_s: float = PAUSE_S):
+                 pause_s: float = PAUSE_S, sentence_cuts: bool = True):
         self.engine = engine
+        self.sentence_cuts = sentence_cuts
         self.step = int(step_s * SAMPLE_RATE)
         self.max_window = int(max_window_s * SAMPLE_RATE)
         self.pause = int(pause_s * SAMPLE_RATE)
@@ -183,6 +206,7 @@ class WhisperStream:
         self.tentative: list[TimedWord] = []  # the last decode's words after the committed ones
         self.elapsed_ms = 0.0
         self.decodes = 0
+        self.decode_log: list[tuple[float, int]] = []  # (window seconds, decode ms) per decode
         self.finished = False
         self._audio = np.zeros(0, dtype=np.float32)  # the open window
         self._audio_start = 0  # absolute sample index of _audio[0]
@@ -249,7 +273,8 @@ class WhisperStream:
                                    short_context=True)
         self.elapsed_ms += (time.perf_counter() - started) * 1000
         self.decodes += 1
-        words = self._after_committed(words)
+        self.decode_log.append((round(len(self._audio) / SAMPLE_RATE, 2), round((time.perf_counter() - started) * 1000)))
+        words = self._after_committed(drop_inventions(words, speech_end / SAMPLE_RATE))
         if final:
             self.committed += words
             self.tentative = []
@@ -260,20 +285,26 @@ class WhisperStream:
         if not self.tentative and self._received - speech_end >= self.pause:
             # A pause, and every word before it is agreed on: the window closes at the end of the speech.
             self._cut(speech_end)
-        elif len(self._audio) > self.max_window and agreed:
-            self._cut(int(self.committed[-1].end * SAMPLE_RATE))  # long speech without a pause
+        elif agreed and (self.sentence_cuts and self.committed[-1].text[-1] in ".?!"
+                         or len(self._audio) > self.max_window):
+            # A committed sentence end (or a long window): decode only what follows it from now on, so each
+            # decode stays short. The cut goes halfway to the next word, clear of both.
+            end = self.committed[-1].end
+            following = self.tentative[0].start if self.tentative else end
+            self._cut(int((end + max(following, end)) / 2 * SAMPLE_RATE))
 
     def _after_committed(self, words: list[TimedWord]) -> list[TimedWord]:
-        """The decode's words that are not committed yet: the window may still hold committed audio (it is cut at
-        pauses, not at every commit), so drop words that end before the last committed word does, and a
-        repeat of the committed tail at the window's head (Whisper re-reads a word on the edge)."""
+        """The decode's words that are not committed yet. The window may still hold committed audio (it is cut
+        at sentence ends and pauses, not at every commit), so drop words that end before the last committed word
+        does; and a repeat of the committed tail at the window's head (Whisper re-reads a word on the edge, or
+        writes a whole committed sentence again on a short window)."""
         if not self.committed:
             return words
         last_end = self.committed[-1].end
         words = [w for w in words if (w.start + w.end) / 2 > last_end - 0.05]
-        tail = [w.key for w in self.committed[-5:]]
-        for n in range(min(5, len(words), len(tail)), 0, -1):
-            if [w.key for w in words[:n]] == tail[-n:] and words[0].start < last_end + 1.0:
+        tail = [w.key for w in self.committed[-12:]]
+        for n in range(min(12, len(words), len(tail)), 0, -1):
+            if [w.key for w in words[:n]] == tail[-n:] and (n >= 3 or words[0].start < last_end + 1.0):
                 return words[n:]
         return words
 
