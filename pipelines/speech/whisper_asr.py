@@ -21,6 +21,7 @@ import numpy as np
 from pipelines.errors import ModelNotAvailable
 from pipelines.speech.audio import SAMPLE_RATE
 from pipelines.speech.channels import ChannelOutput
+from pipelines.speech.live import build_at_low_priority
 from pipelines.speech.merge import Word
 from pipelines.speech.tags import strip_tags
 
@@ -84,13 +85,15 @@ class WhisperEngine:
 
         folder = embedded_whisper_dir() if spec == EMBEDDED_WHISPER else Path(spec).expanduser()
         try:
-            self.model = ShortContextWhisper(str(folder), device=device,
-                                             compute_type="int8" if device == "cpu" else "default")
+            # On a low-priority thread: CTranslate2's decoding threads start there and keep its priority.
+            self.model = build_at_low_priority(lambda: ShortContextWhisper(
+                str(folder), device=device, compute_type="int8" if device == "cpu" else "default"))
         except (RuntimeError, ValueError, OSError) as error:
             raise ModelNotAvailable(f"Whisper model {spec!r} could not be loaded: {error}") from None
         self.spec = spec
         self.device = device
         self.lock = threading.Lock()  # one decode at a time: concurrent calls would only fight for the cores
+        self.speech_spans(np.zeros(SAMPLE_RATE // 10, dtype=np.float32))  # loads Silero VAD now, not mid-recording
 
     def decode(self, samples: np.ndarray, offset_s: float = 0.0, prompt: str | None = None,
                short_context: bool = False) -> list[TimedWord]:
