@@ -101,13 +101,21 @@ def live_status_markdown(status: LiveStatus) -> str:
                  "no audio is lost")
     if status.full:
         line += f" · the {max_seconds():.0f} s limit is reached; stop to get the result"
-    return line
+    return line + _lost_audio_note(status)
+
+
+def _lost_audio_note(status: LiveStatus) -> str:
+    if not status.lost_audio:
+        return ""
+    return (f" · **about {status.missing_s:.1f} s of the recording never reached the server** (it was too busy to "
+            "take every chunk from the browser)")
 
 
 def final_status_markdown(final: Transcript, live: ListenSession) -> str:
     stats = live.handler_stats()
     return (f"{_timings(final)} · received {final.timings.get('received_s', 0):.1f} s · stream handler "
-            f"p50 {stats['p50_ms']:.2f} ms, p95 {stats['p95_ms']:.2f} ms over {stats['n']} chunks")
+            f"p50 {stats['p50_ms']:.2f} ms, p95 {stats['p95_ms']:.2f} ms over {stats['n']} chunks"
+            + _lost_audio_note(live.status()))
 
 
 def _new_session(profile: Profile, tags: bool, k: float) -> ListenSession:

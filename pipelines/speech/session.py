@@ -27,6 +27,10 @@ from pipelines.speech.transcribe import SpeechEngine, Transcript, build_transcri
 
 # Recognition that trails the received audio by more than this is "behind real time", and the status says so.
 BEHIND_S = 2.0
+# Chunks arrive once recorded, so the wall time from the first arrival to the last (plus the first chunk's length)
+# is about the audio recorded. When it exceeds the audio received by more than this, audio was lost before it
+# reached us (Gradio's client drops and reorders chunks when the server answers late), and the status says so.
+MISSING_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,11 @@ class LiveStatus:
     done: bool
     error: str | None
     full: bool  # the length limit is reached: later audio is dropped
+    missing_s: float = 0.0  # recorded (by arrival times) minus received, when positive
+
+    @property
+    def lost_audio(self) -> bool:
+        return self.missing_s > MISSING_S
 
     @property
     def lag_s(self) -> float:
@@ -71,6 +80,7 @@ class ListenSession:
         self._lock = threading.Lock()
         self._inbox: list[tuple[int, np.ndarray]] = []
         self._received_s = 0.0
+        self._arrivals: tuple[float, float, float] | None = None  # first arrival, its chunk's seconds, last arrival
         self._stopping = False
         self._latest: Transcript | None = None
         self._recognised_s = 0.0
@@ -93,7 +103,10 @@ class ListenSession:
                 return  # a chunk that arrives after stop belongs to no recording
             self._inbox.append((int(rate), chunk))
             if rate and rate > 0:
-                self._received_s += chunk.shape[0] / rate
+                seconds = chunk.shape[0] / rate
+                self._received_s += seconds
+                now = time.perf_counter()
+                self._arrivals = (now, seconds, now) if self._arrivals is None else self._arrivals[:2] + (now,)
         self.scheduler.wake(self)
 
     def prepare(self) -> None:
@@ -117,9 +130,14 @@ class ListenSession:
 
     def status(self) -> LiveStatus:
         with self._lock:
+            missing = 0.0
+            if self._arrivals is not None:
+                first, first_s, last = self._arrivals
+                missing = max((last - first) + first_s - self._received_s, 0.0)
             return LiveStatus(received_s=self._received_s, recognised_s=self._recognised_s,
                               transcript=self.final or self._latest, stopping=self._stopping,
-                              done=self._done.is_set(), error=self._error, full=self._received_s >= max_seconds())
+                              done=self._done.is_set(), error=self._error, full=self._received_s >= max_seconds(),
+                              missing_s=missing)
 
     @property
     def engine(self) -> SpeechEngine | None:
