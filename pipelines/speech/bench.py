@@ -26,7 +26,7 @@ import numpy as np
 from pipelines.errors import BadInput
 from pipelines.profiles import ASSETS_DIR
 from pipelines.speech.audio import SAMPLE_RATE, load_audio
-from pipelines.speech.live import LiveScheduler
+from pipelines.speech.live import LiveScheduler, recognition_nice
 from pipelines.speech.metrics import normalize_words, wer
 from pipelines.speech.session import ListenSession, percentile
 
@@ -164,6 +164,7 @@ def cmd_bench_listen(args: argparse.Namespace) -> int:
         else "python -m pipelines bench-listen",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "asr_model": engine.asr_model, "device": engine.device, "chunk_s": args.chunk_s,
+        "recognition_nice": recognition_nice(),
         "machine": {"cpus": os.cpu_count(), "load_average_1min_at_start": load, "platform": platform.platform()},
         "versions": _versions(),
         **results,

@@ -23,12 +23,23 @@ log = logging.getLogger(__name__)
 # 2 busy cores: while Whisper decoded at normal priority, the server answered the browser's chunk uploads so
 # late that Gradio's client sent them out of order and overwrote some (9.5 s of 13.5 s arrived); with the model
 # busy but idle CPU every chunk arrived in order. The UI's side must win the CPU: it needs almost none of it.
+# VOXQL_RECOGNITION_NICE overrides it (0: same priority as the server).
 RECOGNITION_NICE = 5
 T = TypeVar("T")
 
 
-def lower_this_threads_priority(nice: int = RECOGNITION_NICE) -> None:
+def recognition_nice() -> int:
+    try:
+        return int(os.environ.get("VOXQL_RECOGNITION_NICE", RECOGNITION_NICE))
+    except ValueError:
+        return RECOGNITION_NICE
+
+
+def lower_this_threads_priority(nice: int | None = None) -> None:
     """Make the calling thread (and every thread it starts later) yield the CPU to the rest (Linux: per thread)."""
+    nice = recognition_nice() if nice is None else nice
+    if nice <= 0:
+        return
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (AttributeError, OSError):  # not on this platform, or not allowed: run at normal priority
