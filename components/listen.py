@@ -97,8 +97,9 @@ def live_status_markdown(status: LiveStatus) -> str:
     """The status line while recording: audio received, audio recognised, and whether recognition keeps up."""
     line = f"Live… received {status.received_s:.1f} s · recognised {status.recognised_s:.1f} s"
     if status.behind:
-        line += (f" · **behind real time by {status.lag_s:.1f} s**: recognition is catching up, "
-                 "no audio is lost")
+        line += f" · **behind real time by {status.lag_s:.1f} s**: recognition is catching up"
+        if not status.lost_audio:
+            line += ", no audio is lost"
     if status.full:
         line += f" · the {max_seconds():.0f} s limit is reached; stop to get the result"
     return line + _lost_audio_note(status)

@@ -66,6 +66,7 @@ def test_the_handler_side_never_waits_for_a_busy_model(engine):
     samples, _ = clip_audio(2)
     mic = as_mic(samples)
     session = ListenSession(engine, scheduler=LiveScheduler())
+    session.prepare()  # as on Record: the worker thread starts (and then blocks on the model below)
     with engine.backend.lock:
         times = []
         for i in range(0, len(mic), 24_000):
@@ -76,7 +77,9 @@ def test_the_handler_side_never_waits_for_a_busy_model(engine):
         status = session.status()
         assert status.received_s == pytest.approx(len(mic) / 48_000, abs=1e-3)
         assert status.behind and status.lag_s > BEHIND_S  # the UI is told, instead of audio being dropped
-        assert max(times) < 0.05  # nothing in receive/status touches the model (it is locked right now)
+        # Had receive/status waited for the model (locked right now), they would not have returned at all; the
+        # bound is loose because a loaded machine stretches even microseconds.
+        assert max(times) < 1.0
     final = session.finish(timeout=120)
     assert final.timings["received_s"] == pytest.approx(len(mic) / 48_000, abs=1e-3)
     assert final.timings["audio_s"] == pytest.approx(len(samples) / SAMPLE_RATE, abs=0.01)
