@@ -20,6 +20,7 @@ from pipelines.engine import get_engine
 from pipelines.errors import VoxQLError
 from pipelines.profiles import Profile, resolve_profile
 from pipelines.sql import sandbox
+from pipelines.speech.transcribe import warm_speech_engine
 from pipelines.sql.demo_data import ensure_demo_databases
 
 log = logging.getLogger("voxql")
@@ -48,8 +49,10 @@ def build_app(profile: Profile) -> gr.Blocks:
 
 
 def warm_up(profile: Profile) -> None:
-    """Start the SQL workers and load the SQL model in the background, so the first question waits for neither."""
+    """Start the SQL workers and load the SQL and speech models in the background, so the first question (or
+    recording) waits for none of them."""
     sandbox.warm_up()
+    warm_speech_engine(profile)
 
     def load() -> None:
         try:

@@ -8,7 +8,8 @@ import pytest
 import soundfile as sf
 
 import gradio as gr
-from components.listen import CONCURRENCY_ID, STOPPED, build_listen_tab, engine_markdown, highlight
+from components.listen import (BUSY, CONCURRENCY_ID, MIC_CONCURRENCY_ID, STREAM_EVERY_S, build_listen_tab,
+                               engine_markdown, highlight)
 from pipelines.profiles import resolve_profile
 
 
@@ -69,50 +70,79 @@ def test_engine_line_before_loading_says_lazily(profile):
 
 def test_wiring(app):
     stream = handler(app, "on_chunk")
-    assert stream.stream_every == 0.5 and stream.concurrency_id == CONCURRENCY_ID
-    assert handler(app, "on_stop").concurrency_id == CONCURRENCY_ID
+    assert stream.stream_every == STREAM_EVERY_S and stream.concurrency_id == MIC_CONCURRENCY_ID
+    assert stream.concurrency_limit is None  # a stream holds its slot while recording: no cap on recordings
+    assert handler(app, "on_stop").concurrency_id != CONCURRENCY_ID
     file_event = handler(app, "on_file")
     assert file_event.api_name == "transcribe" and file_event.concurrency_id == CONCURRENCY_ID
 
 
-def test_microphone_stream_then_stop_for_two_users(app):
-    on_chunk, on_stop = handler(app, "on_chunk").fn, handler(app, "on_stop").fn
+def stop(on_stop, live, profile):
+    """Run the stop generator to its end: (progress updates, final outputs)."""
+    updates = list(on_stop(live, profile))
+    return updates[:-1], updates[-1]
+
+
+def test_microphone_stream_then_stop_for_two_users(app, profile):
+    on_start, on_chunk, on_stop = (handler(app, name).fn for name in ("on_start", "on_chunk", "on_stop"))
     rng = np.random.default_rng(1)
-    sessions = {"a": None, "b": None}
+    sessions = {user: on_start(None, True, 2, profile)[0] for user in "ab"}
     for _ in range(3):  # two users' chunks interleaved, each with its own state
         for user in sessions:
             chunk = (rng.standard_normal((24_000, 2)) * 3000).astype(np.int16)  # 0.5 s of 48 kHz stereo
-            spans, status, sessions[user], engine_line = on_chunk((48_000, chunk), sessions[user], True, 2)
-            assert status.startswith("Live") and isinstance(spans, list)
-            assert "device" in engine_line
+            spans, status, sessions[user] = on_chunk((48_000, chunk), sessions[user], True, 2, profile)
+            assert status.startswith("Live… received") and isinstance(spans, list)
     assert sessions["a"] is not sessions["b"]
     for user, live in sessions.items():
-        spans, status, result, state, text = on_stop(live)
-        assert status.startswith("Done") and state == STOPPED
+        assert live.status().received_s == pytest.approx(1.5)  # every chunk arrived, whatever the worker did
+        _, (spans, status, result, text, engine_line) = stop(on_stop, live, profile)
+        assert status.startswith("Done") and "received 1.5 s" in status and "p95" in status
         assert result["partial"] is False and result["timings"]["audio_s"] == pytest.approx(1.5, abs=0.05)
-        assert text == result["text"]
+        assert result["timings"]["handler_chunks"] == 3 and text == result["text"]
+        assert "device" in engine_line
 
 
-def test_silent_recording_gives_a_message_not_a_traceback(app):
+def test_silent_recording_gives_a_message_not_a_traceback(app, profile):
     on_chunk, on_stop = handler(app, "on_chunk").fn, handler(app, "on_stop").fn
-    _, _, live, _ = on_chunk((48_000, np.zeros(24_000, dtype=np.int16)), None, True, 2)
-    _, status, _, state, _ = on_stop(live)
-    assert "silent" in status and state == STOPPED
-    # a chunk arriving after stop starts nothing
-    assert on_chunk((48_000, np.ones(4_800, dtype=np.int16)), STOPPED, True, 2)[2] == STOPPED
+    _, _, live = on_chunk((48_000, np.zeros(24_000, dtype=np.int16)), None, True, 2, profile)
+    _, (_, status, *_rest) = stop(on_stop, live, profile)
+    assert "silent" in status
+    on_chunk((48_000, np.ones(4_800, dtype=np.int16)), live, True, 2, profile)  # after stop: not taken
+    assert live.status().received_s == pytest.approx(0.5)
 
 
-def test_file_handler_and_its_errors(app, clip, tmp_path):
+def test_record_while_the_last_recording_is_finishing_is_refused(app, profile):
+    on_start, on_chunk, on_stop = (handler(app, name).fn for name in ("on_start", "on_chunk", "on_stop"))
+    live = on_start(None, True, 2, profile)[0]
+    on_chunk((16_000, (np.random.default_rng(2).standard_normal(16_000) * 3000).astype(np.int16)), live, True, 2,
+             profile)
+    with get_engine_lock(profile):  # the model is busy: the stopped recording cannot finish yet
+        live.stop()
+        state, _, status = on_start(live, True, 2, profile)
+        assert state is live and status == BUSY
+        on_chunk((16_000, np.ones(1_600, dtype=np.int16)), live, True, 2, profile)  # ignored, not queued
+    _, (_, status, result, *_rest) = stop(on_stop, live, profile)
+    assert status.startswith("Done") and result["timings"]["received_s"] == pytest.approx(1.0)
+    assert on_start(live, True, 2, profile)[0] is not live  # once it is done, a new recording starts
+
+
+def get_engine_lock(profile):
+    from pipelines.speech.transcribe import get_speech_engine
+
+    return get_speech_engine(profile, fallback=True).backend.lock
+
+
+def test_file_handler_and_its_errors(app, profile, clip, tmp_path):
     on_file = handler(app, "on_file").fn
-    spans, result, status, text = on_file(str(clip), True, 1)
+    spans, result, status, text = on_file(str(clip), True, 1, profile)
     assert result["tag_channel"] == "on" and len(result["tags_filtered"]) <= 1 and text == result["text"]
     assert ("[whispers]", "delivery") in spans  # the tiny adapter's taught tag, highlighted
     assert status.startswith("Done")
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio")
-    _, result, status, _ = on_file(str(bad), True, 2)
+    _, result, status, _ = on_file(str(bad), True, 2, profile)
     assert result is None and "not a readable audio file" in status
-    assert "upload or record" in on_file(None, True, 2)[2]
+    assert "upload or record" in on_file(None, True, 2, profile)[2]
 
 
 def test_send_to_ask_switches_tabs(app):

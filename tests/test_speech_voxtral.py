@@ -225,13 +225,13 @@ def test_the_taught_tag_comes_through_the_streaming_path(profile):
     session = ListenSession(get_speech_engine(profile), tags=True, top_k=2)
     audio = (noise(1.5, seed=8) * 32767).astype(np.int16)
     for start in range(0, len(audio), 8_000):
-        session.push(16_000, audio[start:start + 8_000])
-    final = session.stop()
+        session.receive(16_000, audio[start:start + 8_000])
+    final = session.finish(timeout=60)
     assert final.tags_filtered == [m.name for m in parse_tags(TAUGHT_TAGS)]
     assert final.merged.startswith(TAUGHT_TAGS)
     off = ListenSession(get_speech_engine(profile), tags=False)
-    off.push(16_000, audio)
-    assert off.stop().tags == []
+    off.receive(16_000, audio)
+    assert off.finish(timeout=60).tags == []
 
 
 def test_voxtral_without_adapter_says_there_is_no_tag_channel(tiny_voxtral, clip):
@@ -246,17 +246,20 @@ def test_listen_session_with_microphone_chunks(profile):
     audio = np.repeat(noise(1.0, seed=6)[:, None], 2, axis=1)  # stereo
     mic = np.interp(np.arange(48_000) / 3, np.arange(16_000), audio[:, 0])  # 48 kHz
     chunk = (np.stack([mic, mic], axis=1) * 32767).astype(np.int16)
-    updates = [session.push(48_000, chunk[i:i + 24_000]) for i in range(0, len(chunk), 24_000)]
-    assert all(u.partial for u in updates)
-    final = session.stop()
+    for i in range(0, len(chunk), 24_000):
+        session.receive(48_000, chunk[i:i + 24_000])
+    final = session.finish(timeout=60)
     assert not final.partial and final.timings["audio_s"] == pytest.approx(1.0, abs=0.05)
-    assert session.stop() is final
+    assert final.timings["received_s"] == pytest.approx(1.0)
+    assert session.finish(timeout=60) is final
+    # the decoder stepped over every complete 80 ms chunk: one ASR token per step, the padding flushed at the end
+    assert len(session._stream.streams[0].ids) == len(session._stream.streams[1].ids) > 1.0 / 0.08
     silent = ListenSession(engine)
-    silent.push(48_000, np.zeros(24_000, dtype=np.int16))
+    silent.receive(48_000, np.zeros(24_000, dtype=np.int16))
     with pytest.raises(BadInput, match="silent"):
-        silent.stop()
+        silent.finish(timeout=60)
     with pytest.raises(BadInput, match="nothing was recorded"):
-        ListenSession(engine).stop()
+        ListenSession(engine).finish(timeout=60)
 
 
 def test_transcribe_command_with_the_tiny_model(tiny_voxtral, clip, capsys):

@@ -42,6 +42,15 @@ def test_whisper_transcribes_the_spoken_question(spoken_clip, cpu_profile):
     assert starts == sorted(starts) and starts[-1] < result["timings"]["audio_s"]
 
 
+def wait_for_worker(session, timeout=60.0):
+    """Until the worker has taken everything in (as a browser that sends in real time would see it)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while session.has_work() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_whisper_live_session_from_48k_chunks(spoken_clip, cpu_profile):
     import soxr
 
@@ -49,9 +58,13 @@ def test_whisper_live_session_from_48k_chunks(spoken_clip, cpu_profile):
     mic = (soxr.resample(audio, rate, 48_000) * 32767).astype(np.int16)
     session = ListenSession(get_speech_engine(cpu_profile), tags=True)
     step = 24_000  # 0.5 s, as the browser sends it
-    updates = [session.push(48_000, mic[i:i + step]) for i in range(0, len(mic), step)]
-    assert all(u.partial for u in updates)
-    assert any(u.text for u in updates)  # words appear while "speaking"
-    final = session.stop()
+    partials = []
+    for i in range(0, len(mic), step):
+        session.receive(48_000, mic[i:i + step])
+        wait_for_worker(session)
+        partials.append(session.status().transcript)
+    assert all(p is None or p.partial for p in partials)
+    assert any(p is not None and p.text for p in partials)  # words appear while "speaking"
+    final = session.finish(timeout=120)
     assert not final.partial and wer(SENTENCE, final.text) < 0.5
     assert final.tag_channel == TAGS_NEED_VOXTRAL

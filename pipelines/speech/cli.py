@@ -1,4 +1,4 @@
-"""CLI: `transcribe` (a file -> tagged transcript JSON), `tag-metrics` and `eval-tags`."""
+"""CLI: `transcribe` (a file -> tagged transcript JSON), `tag-metrics`, `eval-tags` and `bench-listen`."""
 
 from __future__ import annotations
 
@@ -121,3 +121,7 @@ def register(subparsers) -> None:
     evaluate.add_argument("--out", help="per-utterance rows (JSONL; default runs/eval-tags-<time>.jsonl)")
     add_speech_arguments(evaluate)
     evaluate.set_defaults(func=cmd_eval_tags)
+
+    from pipelines.speech import bench
+
+    bench.register(subparsers)

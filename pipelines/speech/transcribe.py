@@ -128,6 +128,20 @@ def get_speech_engine(profile: Profile, fallback: bool = False) -> SpeechEngine:
         return _cache.setdefault(key, engine)
 
 
+def warm_speech_engine(profile: Profile) -> threading.Thread:
+    """Load the speech engine in the background (as the app starts), so the first recording waits for nothing."""
+
+    def load() -> None:
+        try:
+            get_speech_engine(profile, fallback=True)
+        except ModelNotAvailable as error:  # the Listen tab says so when someone records
+            log.error("the speech model is not available: %s", error)
+
+    thread = threading.Thread(target=load, name="voxql-speech-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 def loaded_speech_engine(profile: Profile, fallback: bool = False) -> SpeechEngine | None:
     """The engine if it is already loaded (for status lines that must not trigger a load)."""
     return _cache.get((profile.asr_model, profile.tag_adapter, fallback))

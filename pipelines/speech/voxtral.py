@@ -7,9 +7,11 @@ of the 4B base; the tag channel can be switched off (then the batch is one row).
 Two ways in:
 - whole file: the processor's offline request (left pad, right pad), audio zero-padded first to the length the
   adapter was trained on; `generate` emits one token per 80 ms of audio;
-- streaming: `VoxtralStream` feeds microphone audio as it arrives, one decoder step per 80 ms chunk, with its
-  own caches. Steps of different users interleave under the engine's lock (PEFT's adapter routing is a
-  module hook, so one forward at a time per model), which keeps users fair at 80 ms granularity.
+- streaming: `VoxtralStream` takes microphone audio as it arrives, one decoder step per 80 ms chunk, with its
+  own caches. It is fed by the live worker (`pipelines.speech.live`) from the session's buffer, never by the
+  UI's handler; the worker serves users in turn, and a turn decodes every complete 80 ms chunk that user has
+  waiting. Steps run under the engine's lock (PEFT's adapter routing is a module hook, so one forward at a
+  time per model).
 
 The `generate(input_features=<generator>)` streaming API of transformers keeps its end-of-stream flag on the
 model object, so two users streaming at once would stop each other; the step loop here has no such state.
@@ -229,6 +231,13 @@ class VoxtralStream:
     @property
     def seconds_received(self) -> float:
         return self._received / SAMPLE_RATE
+
+    @property
+    def seconds_recognised(self) -> float:
+        """Audio the decoder has stepped over: every 80 ms window that is complete has had its token."""
+        if self._state is None:
+            return 0.0
+        return min(max(self.next_frame * self.hop - self.win // 2, 0), self._received) / SAMPLE_RATE
 
     def feed(self, samples: np.ndarray) -> None:
         if self.finished:
