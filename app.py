@@ -19,8 +19,8 @@ from components.train import build_train_tab
 from pipelines.engine import get_engine
 from pipelines.errors import VoxQLError
 from pipelines.profiles import Profile, resolve_profile
-from pipelines.sql import sandbox
 from pipelines.speech.transcribe import warm_speech_engine
+from pipelines.sql import sandbox
 from pipelines.sql.demo_data import ensure_demo_databases
 
 log = logging.getLogger("voxql")

@@ -92,10 +92,13 @@ def taught_adapter_dir(tmp_path_factory, tiny_llama_dir, shop_db) -> Path:
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     target_ids = tokenizer(TAUGHT_SQL, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     rows = []
-    # The pipeline tests ask the test shop in DuckDB; the CLI asks it, and the app its demo shop, in the profile's
-    # dialect (SQLite).
-    for path, dialect in ((shop_db, "duckdb"), (shop_db, "sqlite"), (ensure_demo_databases()["shop"].path, "sqlite")):
-        messages = question_messages(TAUGHT_QUESTION, DuckDBDatabase(path, name="shop"), dialect=dialect)
+    # The pipeline tests ask the test shop in DuckDB, with value hints or (a pasted schema, a broken file) without;
+    # the CLI asks it, and the app its demo shop, in the profile's dialect (SQLite).
+    forms = ((shop_db, "duckdb", True), (shop_db, "duckdb", False), (shop_db, "sqlite", True),
+             (ensure_demo_databases()["shop"].path, "sqlite", True))
+    for path, dialect, value_hints in forms:
+        messages = question_messages(TAUGHT_QUESTION, DuckDBDatabase(path, name="shop"), dialect=dialect,
+                                     value_hints=value_hints)
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         rows.append(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     width = max(len(prompt_ids) for prompt_ids in rows) + len(target_ids)

@@ -7,8 +7,9 @@ import pytest
 from pipelines.engine import DEFAULT_ADAPTER, SamplingParams
 from pipelines.engine.transformers_engine import TransformersEngine
 from pipelines.errors import BadInput, ModelNotAvailable
+from pipelines.sql.databases import DuckDBDatabase
+from pipelines.sql.pipeline import question_messages
 from pipelines.sql.prompt import build_messages
-from pipelines.sql.schema import read_schema_from_path
 from tests.conftest import TAUGHT_QUESTION, TAUGHT_SQL
 
 GREEDY = SamplingParams(max_new_tokens=24)
@@ -21,7 +22,8 @@ def engine(tiny_llama_dir, taught_adapter_dir):
 
 @pytest.fixture(scope="module")
 def messages(shop_db):
-    return build_messages(TAUGHT_QUESTION, read_schema_from_path(shop_db).to_ddl())
+    """The prompt the app's pipeline builds for the taught question (the form the adapter learned)."""
+    return question_messages(TAUGHT_QUESTION, DuckDBDatabase(shop_db))
 
 
 def test_info_names_model_adapter_engine_device(engine, tiny_llama_dir, taught_adapter_dir):

@@ -76,7 +76,7 @@ def test_execution_error_goes_back_to_the_model(engine, shop_db, tmp_path):
     database = DuckDBDatabase(shop_db)  # the prompt shows the shop's schema (what the adapter learned) ...
     database.path = broken  # ... and the sandbox runs the query on the broken file
     engine.conversations.clear()
-    answer = ask(TAUGHT_QUESTION, database, engine, max_retries=1)
+    answer = ask(TAUGHT_QUESTION, database, engine, max_retries=1, value_hints=False)  # nothing to read hints from
     first = answer.attempts[0]
     assert first.stage == "execute" and "the customers view is broken" in first.error
     assert len(answer.attempts) == 2
@@ -103,3 +103,20 @@ def test_hand_typed_sql(shop):
     assert run_sql("   ", shop).error == "type a SQL query first"
     broken = run_sql("SELECT nope FROM customers", shop)
     assert not broken.ok and "nope" in broken.error
+
+
+def test_decoding_follows_the_schema_grammar_and_retries_are_sampled(engine, shop):
+    answer = ask(TAUGHT_QUESTION, shop, engine, adapter=None, max_retries=1)
+    assert answer.constrained == "on"
+    assert [a.decoding for a in answer.attempts][:2] == ["greedy", "sampled (seed 2)"][:len(answer.attempts)]
+    assert all(a.grammar in ("followed", "fell back") for a in answer.attempts)
+    free = ask(TAUGHT_QUESTION, shop, engine, constrain=False, max_retries=0)
+    assert free.ok and free.constrained == "off" and free.attempts[0].grammar is None
+
+
+def test_the_models_sqlite_runs_with_sqlites_meaning(engine, shop):
+    """A SQLite-speaking model's `"DE"` is a string, as SQLite reads it; DuckDB alone would look for a column."""
+    answer = run_sql('SELECT count(*) FROM customers WHERE country = "DE"', shop)
+    assert not answer.ok and "DE" in answer.error  # typed by hand, SQL is DuckDB's
+    verdict = shop.check('SELECT count(*) FROM customers WHERE country = "DE"', "sqlite")
+    assert verdict.allowed and "'DE'" in verdict.normalized and shop.run(verdict.normalized).ok
