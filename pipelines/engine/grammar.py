@@ -48,7 +48,6 @@ class GrammarLogitsProcessor(LogitsProcessor):
         if first.is_error():
             raise ValueError(f"the grammar does not compile: {first.get_error()[:300]}")
         self.matchers = [first] + [first.deep_copy() for _ in range(rows - 1)]
-        self.vocab_size = vocab_size
         self.greedy = greedy
         self.fell_back = [False] * rows
         self._bitmask = torch.zeros((rows, (vocab_size + 31) // 32), dtype=torch.int32)

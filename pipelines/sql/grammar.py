@@ -169,7 +169,7 @@ def _build(schema: Schema) -> str:
         "INT: /[0-9]+/",
         r"NUMBER: /[0-9]+(\.[0-9]+)?/",
         r"STRING: /'([^'\n]|'')*'/",
-        r"ALIAS: /[A-Za-z_][A-Za-z0-9_]*/",
+        r"ALIAS: /[A-Za-z_][A-Za-z0-9_]{0,39}/",  # bounded: a weak model can loop inside a name
         r"%ignore /[ \t\r\n]+/",
     ]
     for k, scope in enumerate(all_scopes):
