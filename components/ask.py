@@ -154,7 +154,8 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
                 ddl_box = gr.Textbox(lines=6, label="DDL", placeholder="CREATE TABLE orders (id INTEGER, total DECIMAL(10,2));")
                 use_ddl = gr.Button("Use this schema", size="sm")
             schema_view = gr.Code(_database(first, {}, demos).schema.to_ddl(), language="sql", interactive=False,
-                                  label="Schema (what the model sees)", elem_id="schema", max_lines=18)
+                                  label="Schema (the model also sees value hints under it, when they are on)",
+                                  elem_id="schema", max_lines=18)
         with gr.Column(scale=2):
             question = gr.Textbox(label="Question", placeholder="Ask in plain words and press Enter",
                                   elem_id="question", lines=1, max_lines=3)
