@@ -197,21 +197,6 @@ def test_double_quoted_columns_stay_columns_and_duckdb_sql_is_untouched():
                      columns=SINGERS).normalized == 'SELECT Name FROM singer WHERE Country = "France"'
 
 
-def test_sqlite_strings_run_in_duckdb(tmp_path):
-    import duckdb
-
-    from pipelines.sql.databases import DuckDBDatabase
-
-    path = tmp_path / "singers.duckdb"
-    with duckdb.connect(str(path)) as con:
-        con.execute("CREATE TABLE singer (Name VARCHAR, Country VARCHAR, Age INTEGER)")
-        con.execute("INSERT INTO singer VALUES ('Joe', 'France', 30), ('Ann', 'USA', 25)")
-    database = DuckDBDatabase(path)
-    verdict = database.check('SELECT Name FROM singer WHERE Country = "France"', "sqlite")
-    assert verdict.allowed
-    assert database.run(verdict.normalized).rows == [["Joe"]]
-
-
 @pytest.mark.parametrize("sql, normalized", [
     # bare columns: SQLite takes them from some row of the group; DuckDB would refuse the query
     ("SELECT T1.Name, count(*) FROM singer AS T1 JOIN concert AS T2 ON T1.Name = T2.concert_Name GROUP BY T1.Age",
