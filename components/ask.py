@@ -117,9 +117,11 @@ def _charts(answer: Answer):
 
 def _attempts(answer: Answer) -> str:
     """Every attempt, so a self-correction shows what it changed and why."""
-    if len(answer.attempts) < 2 and answer.constrained == "on" and all(a.grammar != "fell back" for a in answer.attempts):
-        return ""
-    lines = [] if answer.constrained in ("on", "off") else [f"Schema-constrained decoding {answer.constrained}."]
+    unavailable = answer.constrained not in ("on", "off")  # it says why
+    fell_back = any(a.grammar == "fell back" for a in answer.attempts)
+    if len(answer.attempts) < 2 and not (unavailable or fell_back):
+        return ""  # one attempt that ran as asked: the SQL and status above say it all
+    lines = [f"Schema-constrained decoding {answer.constrained}."] if unavailable else []
     for number, attempt in enumerate(answer.attempts, 1):
         how = attempt.decoding + (", grammar dead-ended: decoded freely" if attempt.grammar == "fell back" else "")
         outcome = f"failed: {attempt.error}" if attempt.error else "ran"
