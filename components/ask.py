@@ -136,8 +136,10 @@ def _history_row(answer: Answer) -> list:
 
 
 # -- the tab --------------------------------------------------------------------------------------------------
-def _ask_options(profile: Profile, constrain: bool, value_hints: bool) -> dict:
-    return dict(dialect=profile.sql_dialect, constrain=constrain, value_hints=value_hints)
+def _ask_options(profile: Profile, adapter_choice: str, constrain: bool, value_hints: bool) -> dict:
+    # The profile's dialect is for its own adapter; for others the pipeline reads the adapter's training record.
+    dialect = profile.sql_dialect if adapter_choice == DEFAULT else None
+    return dict(dialect=dialect, constrain=constrain, value_hints=value_hints)
 
 
 def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
@@ -235,7 +237,7 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
                 yield (gr.skip(), "Loading the model…", *[gr.skip()] * 8)
             engine = get_engine(profile.sql_model, profile.sql_adapter)
             adapter = None if adapter_choice == BASE else adapter_choice
-            options = _ask_options(profile, constrained, hinted)
+            options = _ask_options(profile, adapter_choice, constrained, hinted)
             for event in ask_stream(text, database, engine, adapter=adapter, **options):
                 if isinstance(event, Progress):
                     shown = extract_sql(event.reply) or event.reply
@@ -268,9 +270,9 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
                 raise BadInput("no adapter is loaded for this model, so there is nothing to compare with "
                                "(set VOXQL_SQL_ADAPTER or load one from the Train tab)")
             values = ["", "Waiting…", None, "", "Waiting…", None]  # base sql/status/result, then the adapter's
-            for at, adapter in ((0, None), (3, tuned)):
-                for event in ask_stream(text, database, engine, adapter=adapter,
-                                        **_ask_options(profile, constrained, hinted)):
+            for at, adapter in ((0, BASE), (3, tuned)):
+                for event in ask_stream(text, database, engine, adapter=None if adapter == BASE else adapter,
+                                        **_ask_options(profile, adapter, constrained, hinted)):
                     if isinstance(event, Progress):
                         values[at:at + 2] = [extract_sql(event.reply) or event.reply, "Generating…"]
                     else:

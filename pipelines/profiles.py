@@ -30,9 +30,9 @@ class Profile:
     sql_adapter: str | None
     asr_model: str
     tag_adapter: str | None  # a LoRA on the ASR model that emits expressive tags; None: no tag channel
-    # The SQL dialect the SQL adapter writes. Both adapters learned Spider's SQLite: their SQL is parsed as SQLite
-    # (so `"France"` is a string, as SQLite reads it) and runs as the guard's DuckDB rendering.
-    sql_dialect: str = "sqlite"
+    # The SQL dialect the SQL adapter writes (None: what the adapter says, see `adapter_dialect`). SQLite SQL is
+    # parsed as SQLite (so `"France"` is a string, as SQLite reads it) and runs as the guard's DuckDB rendering.
+    sql_dialect: str | None = None
 
 
 def _cpu_sql_adapter() -> str | None:
@@ -110,11 +110,27 @@ def resolve_profile(name: str | None = None, **overrides: str | None) -> Profile
     for field in ("sql_adapter", "tag_adapter"):
         if field in changes:
             changes[field] = normalize_adapter(changes[field])
-    return replace(profile, **changes)
+    profile = replace(profile, **changes)
+    if profile.sql_dialect is None:
+        profile = replace(profile, sql_dialect=adapter_dialect(profile.sql_adapter))
+    return profile
 
 
-def cache_dir() -> Path:
-    """Where converted models and built databases live (`VOXQL_CACHE`, default ~/.cache/voxql)."""
-    path = Path(os.environ.get("VOXQL_CACHE") or Path.home() / ".cache" / "voxql")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def adapter_dialect(adapter: str | None) -> str:
+    """The SQL dialect an adapter writes: what `train-sql` recorded in its folder, else SQLite, which every
+    Spider-trained adapter (the gpu profile's included) learned."""
+    return recorded_dialect(adapter) or "sqlite"
+
+
+def recorded_dialect(adapter: str | None) -> str | None:
+    """The dialect in a VoxQL-trained adapter's training.json (SQLite for runs from before it was recorded, which
+    all learned Spider's SQL); None for an adapter with no such file, or no adapter."""
+    import json
+
+    record = Path(adapter).expanduser() / "training.json" if adapter else None
+    if record is None or not record.is_file():
+        return None
+    try:
+        return json.loads(record.read_text())["config"].get("target_dialect") or "sqlite"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None

@@ -102,3 +102,65 @@ def test_build_dataset_drops_examples_over_max_length(tiny_spider, tokenizer):
     assert data.skipped[TOO_LONG] == stats.dropped_too_long
     with pytest.raises(BadInput, match="max_length"):
         build_dataset(load_training_data(tiny_spider), tokenizer, max_length=5)
+
+
+def test_duckdb_targets_and_value_hints_use_the_apps_prompt(tiny_spider, tmp_path, monkeypatch):
+    monkeypatch.setenv("VOXQL_CACHE", str(tmp_path))  # the DuckDB copies of the tiny databases go here
+    data = load_training_data(tiny_spider, value_hints=True, target_dialect="duckdb")
+    paid = data.examples[0]
+    system, user = paid.messages
+    # The prompt asks for DuckDB, and lists what the text columns hold (read from the SQLite file)
+    assert "DuckDB" in system["content"] and "CREATE TABLE orders" in system["content"]
+    assert "-- Values matching the question: orders.status 'paid'" in system["content"]
+    assert paid.query == "SELECT COUNT(*) FROM orders WHERE status = 'paid'"  # the guard's DuckDB rendering
+    assert [e.origin for e in data.examples] == [e.origin for e in load_training_data(tiny_spider).examples]
+
+
+def test_a_gold_query_whose_duckdb_rendering_gives_other_rows_is_dropped(tiny_spider, tmp_path, monkeypatch):
+    from pipelines.spider.data import database_path, load_schemas
+    from pipelines.spider.duckdb_path import open_duckdb_database
+    from pipelines.spider.sqlite_db import SQLiteDatabase
+    from pipelines.training.sql_data import duckdb_target
+
+    monkeypatch.setenv("VOXQL_CACHE", str(tmp_path))
+    path = database_path(tiny_spider, "shop")
+    sqlite_db = SQLiteDatabase(path, load_schemas(tiny_spider)["shop"])
+    duckdb_db = open_duckdb_database(path, model_dialect="duckdb")
+    # SQLite sorts NULLs first and the target drops NULLS FIRST: an order over a column without NULLs keeps its
+    # target; over `age` (Cid's is NULL) DuckDB would put Cid last, other rows, so that example is dropped.
+    assert duckdb_target("SELECT name FROM customers ORDER BY name", sqlite_db, duckdb_db) == (
+        "SELECT name FROM customers ORDER BY name")
+    assert duckdb_target("SELECT name FROM customers ORDER BY age", sqlite_db, duckdb_db) is None
+    assert duckdb_target('SELECT count(*) FROM orders WHERE status = "paid"', sqlite_db, duckdb_db) == (
+        "SELECT COUNT(*) FROM orders WHERE status = 'paid'")
+    assert duckdb_target("SELECT name FROM no_such_table", sqlite_db, duckdb_db) is None
+
+
+def test_synthetic_examples_are_seeded_and_every_query_runs(tmp_path):
+    import duckdb
+
+    from pipelines.training.synthetic_sql import synthetic_examples
+
+    first = synthetic_examples(12, seed=3, folder=tmp_path / "a")
+    again = synthetic_examples(12, seed=3, folder=tmp_path / "b")
+    other = synthetic_examples(12, seed=4, folder=tmp_path / "c")
+    assert [(e.question, e.query) for e in first] == [(e.question, e.query) for e in again]
+    assert [(e.question, e.query) for e in first] != [(e.question, e.query) for e in other]
+    for example in first:
+        with duckdb.connect(str(example.database), read_only=True) as connection:
+            connection.execute(example.query).fetchall()  # raises if the SQL does not run on its data
+    assert any("INTERVAL" in e.query for e in first + other) and any("GROUP BY" in e.query for e in first + other)
+
+
+def test_synthetic_examples_join_the_training_data_in_the_apps_prompt(tiny_spider, tmp_path, monkeypatch):
+    monkeypatch.setenv("VOXQL_CACHE", str(tmp_path))
+    data = load_training_data(tiny_spider, value_hints=True, target_dialect="duckdb", synthetic=5)
+    generated = [e for e in data.examples if e.origin.startswith("synthetic#")]
+    assert len(generated) == 5 and data.summary()["synthetic"] == 5 and "plus 5 synthetic" in data.describe()
+    for example in generated:
+        assert "DuckDB" in example.messages[0]["content"] and "-- Example values:" in example.messages[0]["content"]
+
+
+def test_unknown_target_dialect_is_refused(tiny_spider):
+    with pytest.raises(BadInput, match="target_dialect"):
+        load_training_data(tiny_spider, target_dialect="oracle")

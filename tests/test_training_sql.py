@@ -253,3 +253,34 @@ def test_before_after_evaluation_goes_into_the_card(trained, tiny_spider, tmp_pa
         assert len(lines) == 3 and {"predicted_sql", "gold_sql", "correct"} <= set(json.loads(lines[0]))
     card = (Path(result.adapter_dir) / "README.md").read_text()
     assert "| base model |" in card and "| with this adapter |" in card and "seeded sample of 3" in card
+
+
+def test_continued_training_starts_from_an_adapter_and_records_its_dialect(trained, tiny_spider, tiny_llama_dir,
+                                                                           tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from pipelines.profiles import adapter_dialect, resolve_profile
+
+    monkeypatch.setenv("VOXQL_CACHE", str(tmp_path / "cache"))
+    first, _ = trained
+    out = tmp_path / "continued"
+    result = train_sql(tiny_config(tiny_spider, out, tiny_llama_dir, init_adapter=first.adapter_dir, max_steps=2,
+                                   value_hints=True, target_dialect="duckdb", lora_r=8))
+    assert result.completed
+    config = json.loads((Path(first.adapter_dir) / "adapter_config.json").read_text())
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == config["r"] == 4  # the adapter's shape
+    before = load_file(str(Path(first.adapter_dir) / "adapter_model.safetensors"))
+    after = load_file(str(out / "adapter_model.safetensors"))
+    assert before.keys() == after.keys()
+    assert any(not (before[k].float() == after[k].float()).all() for k in before)  # trained further
+    # The adapter says what it writes, and the profile follows it (a Spider adapter writes SQLite)
+    assert adapter_dialect(str(out)) == "duckdb" and adapter_dialect(first.adapter_dir) == "sqlite"
+    assert adapter_dialect("pyloxsystems/sql-spider-llama-3.1-8b-lora") == "sqlite"
+    assert resolve_profile("cpu", sql_adapter=str(out)).sql_dialect == "duckdb"
+    monkeypatch.setenv("VOXQL_SQL_DIALECT", "sqlite")
+    assert resolve_profile("cpu", sql_adapter=str(out)).sql_dialect == "sqlite"
+
+
+def test_continued_training_needs_an_adapter_folder(tiny_spider, tiny_llama_dir, tmp_path):
+    with pytest.raises(BadInput, match="adapter_config.json"):
+        train_sql(tiny_config(tiny_spider, tmp_path / "x", tiny_llama_dir, init_adapter=str(tmp_path)))

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from pipelines.errors import BadInput
-from pipelines.sql.cli import add_model_arguments, sql_engine_from_args
+from pipelines.sql.cli import add_model_arguments, profile_from_args, sql_engine_from_args
 
 
 def _command_line() -> str:
@@ -72,7 +72,8 @@ def _evaluate_one_path(args: argparse.Namespace, engine, path: str):
             adapter=DEFAULT_ADAPTER, gold=args.gold, retries=args.retries,
             params=SamplingParams(max_new_tokens=args.max_new_tokens), progress=progress,
             predictions_out=_for_path(args.predictions_out, path, args.path == "both"),
-            keep_distinct=args.keep_distinct, timeout_s=args.timeout, path=path, model_dialect=args.model_dialect,
+            keep_distinct=args.keep_distinct, timeout_s=args.timeout, path=path,
+            model_dialect=args.model_dialect or profile_from_args(args).sql_dialect,
             predictions_in=args.predictions_in, transpile_from=None if args.no_transpile else "duckdb",
             ask_options=dict(constrain=not args.no_constrain, value_hints=not args.no_value_hints),
         )
@@ -132,8 +133,9 @@ def register(subparsers) -> None:
     parser.add_argument("--path", choices=["sqlite", "duckdb", "both"], default="sqlite",
                         help="sqlite: run predictions in SQLite as written (default); duckdb: ask and run as the "
                              "app does, over a DuckDB copy (guard + sandbox); both: one report each")
-    parser.add_argument("--model-dialect", default="sqlite",
-                        help="DuckDB path: the SQL dialect the model writes and the guard parses (default sqlite)")
+    parser.add_argument("--model-dialect", choices=["sqlite", "duckdb"],
+                        help="the SQL dialect the model is asked for and the guard parses (default: the one the "
+                             "adapter was trained on, from its training.json; sqlite for Spider adapters)")
     parser.add_argument("--no-transpile", action="store_true",
                         help="SQLite path: do not retry a prediction that fails in SQLite transpiled from DuckDB")
     parser.add_argument("--no-constrain", action="store_true",

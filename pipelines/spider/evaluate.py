@@ -154,6 +154,7 @@ def evaluate_spider(
     """Score `engine` (or, with `gold=True`, the gold SQL itself; or the SQL of a predictions JSONL given as
     `predictions_in`) on Spider `split` by execution match.
 
+    The model is asked for `model_dialect` SQL in both paths.
     `path="sqlite"`: the question is asked of the SQLite file and the prediction runs in SQLite as written (if it
     fails there, once more transpiled from `transpile_from` to SQLite; None turns that off). `path="duckdb"`: the
     question is asked exactly as the app asks it, of a DuckDB copy of the database (guard + sandbox, the model
@@ -188,7 +189,7 @@ def evaluate_spider(
     report = EvalReport(split=split, limit=limit, seed=seed, model=model, adapter=adapter_name, gold=gold,
                         retries=retries if from_model else 0, questions=len(examples), keep_distinct=keep_distinct,
                         timeout_s=timeout_s, max_new_tokens=params.max_new_tokens if from_model else None,
-                        path=path, model_dialect=model_dialect if path == "duckdb" else SPIDER_DIALECT,
+                        path=path, model_dialect=model_dialect if from_model or path == "duckdb" else SPIDER_DIALECT,
                         predictions_in=str(predictions_in) if predictions_in is not None else None,
                         transpile_from=transpile_from if path == "sqlite" else None,
                         ask_options=dict(ask_options or {}))
@@ -232,7 +233,7 @@ def evaluate_spider(
             if from_model:
                 answer = None
                 stream = ask_stream(example.question, database, engine, adapter=adapter, max_retries=retries,
-                                    params=params, **(ask_options or {}))
+                                    params=params, **{"dialect": model_dialect, **(ask_options or {})})
                 try:
                     for item in stream:
                         if isinstance(item, Answer):

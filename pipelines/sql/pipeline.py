@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from pipelines.engine import DEFAULT_ADAPTER, Engine, SamplingParams
+from pipelines.profiles import recorded_dialect
 from pipelines.sql.databases import Database
 from pipelines.sql.extract import extract_sql
 from pipelines.sql.grammar import sql_grammar
@@ -108,14 +109,15 @@ def ask_stream(
     """Yield Progress while working and the Answer last.
 
     `value_hints` adds values of the text columns (frequent ones, and those the question names) under the schema.
-    `dialect` is the SQL dialect the model writes (default: the database's own). Spider-trained adapters write
-    SQLite: their SQL is parsed as SQLite and runs as the guard's DuckDB rendering of it.
+    `dialect` is the SQL dialect the model writes (default: the one its adapter recorded, see
+    `pipelines.profiles.recorded_dialect`, else the database's own). Spider-trained adapters write SQLite: their
+    SQL is parsed as SQLite and runs as the guard's DuckDB rendering of it.
     """
-    dialect = dialect or database.dialect
     started = time.perf_counter()
     adapter = engine.resolve_adapter(adapter)
     answer = Answer(question=question, database=database.name, model=engine.info.model,
                     adapter=engine.info.adapters.get(adapter) if adapter else None)
+    dialect = dialect or recorded_dialect(answer.adapter) or database.dialect
     if constrain and not engine.supports_grammar:
         answer.constrained = f"unavailable: the {engine.info.engine} engine does not support grammars"
     elif constrain:

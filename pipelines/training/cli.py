@@ -1,8 +1,10 @@
-"""CLI: `train-sql` (LoRA/QLoRA SFT of the SQL adapter) and `eval-adapter` (its before/after Spider score).
+"""CLI: `train-sql` (LoRA/QLoRA SFT of the SQL adapter), `eval-adapter` (its before/after Spider score) and
+`eval-analytics` (generated analytics questions).
 
     python -m pipelines train-sql --data ../shared/spider --output adapters/mine --preset cpu-quick
     python -m pipelines train-sql --output adapters/mine --resume      # continue a cancelled run
     python -m pipelines eval-adapter --adapter adapters/mine --spider-dir ../shared/spider --limit 100
+    python -m pipelines eval-analytics --adapter adapters/mine --limit 60   # held-out synthetic analytics
 
 Ctrl-C (or SIGTERM, e.g. `kill PID` of a background run) stops after the current micro-batch and keeps a
 checkpoint; a second Ctrl-C aborts at once.
@@ -68,7 +70,8 @@ def _config_from_args(args: argparse.Namespace):
         max_examples=args.max_examples, seed=args.seed, save_steps=args.save_steps, quantization=args.quantization,
         precision=args.precision, optimizer=args.optimizer, gradient_checkpointing=args.gradient_checkpointing,
         packing=args.packing, save_dtype=args.save_dtype, overwrite=args.overwrite,
-        keep_checkpoints=args.keep_checkpoints, threads=args.threads,
+        keep_checkpoints=args.keep_checkpoints, threads=args.threads, value_hints=args.value_hints,
+        target_dialect=args.target_dialect, synthetic_examples=args.synthetic, init_adapter=args.init_adapter,
     )
     config = config_from_preset(args.preset, args.data, args.output, **overrides)
     if args.neftune_alpha is not None:
@@ -184,8 +187,34 @@ def cmd_eval_adapter(args: argparse.Namespace) -> int:
     return 130 if any(r.cancelled for r in reports.values()) else 0
 
 
+def cmd_eval_analytics(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from pipelines.profiles import cache_dir
+    from pipelines.spider.evaluate import run_metadata
+    from pipelines.sql.cli import profile_from_args, sql_engine_from_args
+    from pipelines.training.synthetic_sql import evaluate_analytics
+
+    profile = profile_from_args(args)
+    engine = sql_engine_from_args(args)
+    bar = tqdm(total=args.limit, desc="analytics", unit="q", file=sys.stderr)
+    report = evaluate_analytics(engine, args.limit, seed=args.seed, folder=cache_dir() / "synthetic-sql-eval",
+                                dialect=profile.sql_dialect, ask_options={"constrain": not args.no_constrain},
+                                progress=lambda done, total: bar.update(done - bar.n))
+    bar.close()
+    report = {"model": engine.info.model, "adapter": profile.sql_adapter, "dialect": profile.sql_dialect,
+              "constrained": not args.no_constrain, **report, **run_metadata(_command_line())}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1, default=str))
+    print(json.dumps({k: report[k] for k in ("questions", "correct", "execution_accuracy", "adapter")}))
+    return 0
+
+
 def register(subparsers) -> None:
+    from pipelines.sql.cli import add_model_arguments
     from pipelines.training.sql_sft import PRESETS
+    from pipelines.training.synthetic_sql import HELD_OUT_SEED
 
     parser = subparsers.add_parser(
         "train-sql", help="train a text-to-SQL LoRA adapter (QLoRA on CUDA with bitsandbytes) with TRL's SFTTrainer",
@@ -218,6 +247,13 @@ def register(subparsers) -> None:
     group.add_argument("--optimizer", help="a transformers optim name (default: paged_adamw_8bit with QLoRA, "
                                            "else adamw_torch)")
     group.add_argument("--max-examples", type=int, help="train on a seeded sample of N examples")
+    group.add_argument("--value-hints", action=argparse.BooleanOptionalAction, default=None,
+                       help="Spider data: prompts list values of the text columns, as the app's do")
+    group.add_argument("--target-dialect", choices=["sqlite", "duckdb"],
+                       help="Spider data: learn the gold SQL as written (sqlite) or rendered in DuckDB")
+    group.add_argument("--synthetic", type=int, metavar="N",
+                       help="add N generated analytics examples (date windows, per month, top-N...; DuckDB SQL)")
+    group.add_argument("--init-adapter", metavar="FOLDER", help="continue training this adapter instead of a new one")
     group.add_argument("--seed", type=int)
     group.add_argument("--save-steps", type=int, help="checkpoint every N optimizer steps")
     parser.add_argument("--resume", action="store_true",
@@ -244,3 +280,14 @@ def register(subparsers) -> None:
     parser.add_argument("--predictions-dir", help="also write predictions-base.jsonl / predictions-adapter.jsonl "
                         "(one line per question, as eval-spider's --predictions-out) into this folder")
     parser.set_defaults(func=cmd_eval_adapter)
+
+    parser = subparsers.add_parser(
+        "eval-analytics", help="score the SQL model on generated analytics questions over invented databases",
+        description="Execution accuracy on held-out synthetic analytics questions (date windows, per month, top-N, "
+                    "joins, HAVING, DISTINCT) over databases no training run has seen, asked as the app asks them.")
+    add_model_arguments(parser)
+    parser.add_argument("--limit", type=int, default=60, help="questions (default 60)")
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="generator seed (default: the held-out one)")
+    parser.add_argument("--no-constrain", action="store_true", help="decode freely, without the SQL grammar")
+    parser.add_argument("--out", help="write the report (with every question) to this JSON file")
+    parser.set_defaults(func=cmd_eval_analytics)

@@ -14,6 +14,7 @@ import platform
 from pathlib import Path
 
 from pipelines.errors import BadInput
+from pipelines.sql.prompt import DIALECT_NAMES
 from pipelines.training.sql_sft import format_duration
 
 TRAINING_FILE = "training.json"
@@ -179,6 +180,8 @@ def render_model_card(info: dict, evaluations: dict[str, dict]) -> str:
         ("adapter weights", f"saved as {config.get('save_dtype', 'fp32')}"),
         ("seed", config.get("seed")),
     ]
+    if config.get("init_adapter"):
+        recipe.insert(1, ("started from", f"the adapter `{config['init_adapter']}` (continued training)"))
     skipped = "; ".join(f"{n} {reason}" for reason, n in (data.get("skipped") or {}).items() if n) or "none"
     lines = [
         *front, "",
@@ -192,6 +195,12 @@ def render_model_card(info: dict, evaluations: dict[str, dict]) -> str:
         f"- source: {data.get('kind')} `{data.get('source')}`{train_only}",
         f"- examples used: {tokens.get('examples', data.get('examples'))} of {data.get('rows')} read; "
         f"skipped: {skipped}",
+        f"- prompt: the schema{' with value hints' if config.get('value_hints') else ''}; the model writes "
+        f"{DIALECT_NAMES.get(config.get('target_dialect') or 'sqlite')}"
+        + (" (Spider's gold SQL rendered in DuckDB, kept where it gives the gold rows)"
+           if config.get("target_dialect") == "duckdb" and data.get("kind") == "spider" else ""),
+        *([f"- synthetic analytics examples: {data['synthetic']} (`pipelines/training/synthetic_sql.py`: invented "
+           "schemas; date windows, per-month totals, top-N, joins, HAVING, DISTINCT)"] if data.get("synthetic") else []),
         f"- tokens per example: p50 {tokens.get('p50')}, p95 {tokens.get('p95')}, max {tokens.get('max')}; "
         f"{tokens.get('tokens')} in all", "",
         "## Recipe", "", "| | |", "|---|---|", *[f"| {name} | {value} |" for name, value in recipe], "",
@@ -204,6 +213,8 @@ def render_model_card(info: dict, evaluations: dict[str, dict]) -> str:
     if info.get("command"):
         lines.append(f"- command: `{info['command']}`")
     lines += ["", "## Evaluation", "", *_evaluation_section(evaluations), ""]
+    if info.get("notes"):  # what the numbers mean, written by whoever ran the evaluations (training.json "notes")
+        lines += ["## Notes", "", info["notes"], ""]
     return "\n".join(lines)
 
 

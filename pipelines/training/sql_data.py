@@ -23,11 +23,14 @@ from pathlib import Path
 
 from pipelines.engine import Message
 from pipelines.errors import BadInput
+from pipelines.sql.databases import check_schema_sql
+from pipelines.sql.pipeline import question_messages
 from pipelines.sql.prompt import build_messages
 
 TOO_LONG = "longer than max_length"
 DATABASE_MISSING = "database file missing"
 IN_DEV = "question is in Spider dev"
+NO_DUCKDB_RENDERING = "gold SQL has no DuckDB rendering with the same rows"
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class TrainingData:
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
     skipped_databases: dict[str, int] = field(default_factory=dict)  # db_id -> questions skipped (missing file)
     sampled_from: int | None = None  # set when max_examples took a sample
+    sample_size: int | None = None  # how many max_examples took (before examples are skipped)
+    synthetic: int = 0  # generated analytics examples added (pipelines.training.synthetic_sql)
 
     @property
     def used(self) -> int:
@@ -65,13 +70,15 @@ class TrainingData:
         parts = [f"{self.used} examples from {self.kind} {self.source} ({self.rows} rows read"]
         parts += [f", {count} skipped: {reason}" for reason, count in self.skipped.items() if count]
         if self.sampled_from:
-            parts.append(f", a seeded sample of {len(self.examples)} of {self.sampled_from}")
+            parts.append(f", a seeded sample of {self.sample_size} of {self.sampled_from}")
+        if self.synthetic:
+            parts.append(f", plus {self.synthetic} synthetic analytics examples")
         return "".join(parts) + ")"
 
     def summary(self) -> dict:
         return {"source": self.source, "kind": self.kind, "examples": self.used, "rows": self.rows,
                 "skipped": dict(self.skipped), "skipped_databases": dict(self.skipped_databases),
-                "sampled_from": self.sampled_from}
+                "sampled_from": self.sampled_from, "synthetic": self.synthetic}
 
 
 def default_spider_dir() -> Path | None:
@@ -109,16 +116,27 @@ def load_training_data(
     schemas_dir: str | Path | None = None,
     max_examples: int | None = None,
     seed: int = 0,
+    value_hints: bool = False,
+    target_dialect: str = "sqlite",
+    synthetic: int = 0,
 ) -> TrainingData:
     """Read a Spider folder (train split) or a JSONL file of examples.
+
+    For a Spider folder, `value_hints` shows the model the values of the text columns under the schema (the
+    app's default prompt, read from each SQLite file), and `target_dialect="duckdb"` renders the gold SQL in
+    DuckDB (`duckdb_target`), keeping only the examples whose rendering gives the gold rows in DuckDB.
+    `synthetic` adds that many generated analytics examples (`pipelines.training.synthetic_sql`, DuckDB SQL).
 
     `schemas_dir`: a Spider-layout folder whose tables.json gives the schema of JSONL rows that name a `db_id`
     (default: the JSONL's own folder when it has a tables.json); its dev.json, when present, is what JSONL rows
     are checked against. `max_examples` takes a seeded random sample (kept in source order).
     """
     path = Path(source).expanduser()
+    if target_dialect not in ("sqlite", "duckdb"):
+        raise BadInput(f"target_dialect must be sqlite or duckdb, not {target_dialect!r}")
     if is_spider_dir(path):
-        data = _load_spider(path)
+        data = _load_spider(path, value_hints=value_hints, target_dialect=target_dialect,
+                            max_examples=max_examples, seed=seed)
     elif path.is_file():
         data = _load_jsonl(path, Path(schemas_dir) if schemas_dir else None)
     elif path.is_dir():
@@ -127,31 +145,107 @@ def load_training_data(
         raise BadInput(f"no such training data: {path} (give a Spider folder or a .jsonl file)")
     if not data.examples:
         raise BadInput(f"no usable training examples in {path}: {data.describe()}")
-    if max_examples is not None and max_examples < len(data.examples):
-        if max_examples < 1:
-            raise BadInput("max_examples must be at least 1")
-        chosen = sorted(random.Random(seed).sample(range(len(data.examples)), max_examples))
-        data.sampled_from = len(data.examples)
-        data.examples = [data.examples[i] for i in chosen]
+    if data.kind == "jsonl" and max_examples is not None and max_examples < len(data.examples):
+        data.sampled_from, data.sample_size = len(data.examples), max_examples
+        data.examples = _sample(data.examples, max_examples, seed)
+    if synthetic:
+        data.examples += synthetic_training_examples(synthetic, seed, value_hints)
+        data.synthetic = synthetic
     return data
 
 
-def _load_spider(spider_dir: Path) -> TrainingData:
-    from pipelines.spider.data import database_path, example_messages, load_schemas, load_split
+def synthetic_training_examples(count: int, seed: int, value_hints: bool) -> list[SQLExample]:
+    """Generated analytics questions over invented DuckDB databases (kept in the cache), in the app's prompt."""
+    from pipelines.profiles import cache_dir
+    from pipelines.sql.databases import DuckDBDatabase
+    from pipelines.training.synthetic_sql import synthetic_examples
+
+    examples, databases = [], {}
+    for number, example in enumerate(synthetic_examples(count, seed, cache_dir() / "synthetic-sql")):
+        database = databases.setdefault(example.database, DuckDBDatabase(example.database))
+        messages = question_messages(example.question, database, dialect="duckdb", value_hints=value_hints)
+        examples.append(SQLExample(example.question, example.query, tuple(messages), f"synthetic#{number}"))
+    return examples
+
+
+def _load_spider(spider_dir: Path, *, value_hints: bool, target_dialect: str, max_examples: int | None,
+                 seed: int) -> TrainingData:
+    from pipelines.spider.data import database_path, load_schemas, load_split
 
     schemas = load_schemas(spider_dir)
     rows = load_split(spider_dir, "train")
-    examples: list[SQLExample] = []
     missing: Counter = Counter()
     has_database = {db_id: database_path(spider_dir, db_id) is not None for db_id in {row.db_id for row in rows}}
+    usable = []
     for row in rows:
         if not has_database[row.db_id] or row.db_id not in schemas:
             missing[row.db_id] += 1
-            continue
-        examples.append(SQLExample(row.question.strip(), tidy_sql(row.query), tuple(example_messages(row, schemas)),
-                                   f"train_spider.json#{row.index}", row.db_id))
-    return TrainingData(str(spider_dir), "spider", examples, len(rows), {DATABASE_MISSING: sum(missing.values())},
+        else:
+            usable.append(row)
+    data = TrainingData(str(spider_dir), "spider", [], len(rows), {DATABASE_MISSING: sum(missing.values())},
                         dict(missing))
+    # Sample before building: value hints and DuckDB targets cost a query or two per example.
+    chosen = _sample(usable, max_examples, seed)
+    if len(chosen) < len(usable):
+        data.sampled_from, data.sample_size = len(usable), len(chosen)
+    databases: dict[str, tuple] = {}
+    for row in chosen:
+        if row.db_id not in databases:
+            databases[row.db_id] = _spider_databases(spider_dir, row.db_id, schemas[row.db_id], value_hints,
+                                                     target_dialect)
+        sqlite_db, duckdb_db = databases[row.db_id]
+        query = tidy_sql(row.query)
+        if target_dialect == "duckdb":
+            query = duckdb_target(query, sqlite_db, duckdb_db)
+            if query is None:
+                data.skipped[NO_DUCKDB_RENDERING] = data.skipped.get(NO_DUCKDB_RENDERING, 0) + 1
+                continue
+        messages = question_messages(row.question, sqlite_db, dialect=target_dialect, value_hints=value_hints)
+        data.examples.append(SQLExample(row.question.strip(), query, tuple(messages),
+                                        f"train_spider.json#{row.index}", row.db_id))
+    return data
+
+
+def _sample(items: list, count: int | None, seed: int) -> list:
+    """A seeded sample of `count` items, kept in their order (all of them when count is None or larger)."""
+    if count is None or count >= len(items):
+        return list(items)
+    if count < 1:
+        raise BadInput("max_examples must be at least 1")
+    return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), count))]
+
+
+def _spider_databases(spider_dir: Path, db_id: str, schema, value_hints: bool, target_dialect: str) -> tuple:
+    """(the SQLite database the prompt's value hints are read from, its DuckDB copy when targets are DuckDB)."""
+    from pipelines.spider.data import database_path
+    from pipelines.spider.duckdb_path import open_duckdb_database
+    from pipelines.spider.sqlite_db import SQLiteDatabase
+
+    path = database_path(spider_dir, db_id)
+    duckdb_db = open_duckdb_database(path, model_dialect="duckdb") if target_dialect == "duckdb" else None
+    return SQLiteDatabase(path, schema), duckdb_db
+
+
+_NULLS = re.compile(r" NULLS (?:FIRST|LAST)\b")
+
+
+def duckdb_target(gold: str, sqlite_db, duckdb_db) -> str | None:
+    """Spider's SQLite gold SQL as the DuckDB a person would write, or None when that gives other rows.
+
+    The guard's SQLite-to-DuckDB rendering does the work (double-quoted strings become single-quoted, bare
+    columns of a GROUP BY get ANY_VALUE, a JOIN gets its ON). Its `NULLS FIRST` (SQLite's order of NULLs) is
+    dropped: a DuckDB user would not write it, and the rows are compared anyway, in DuckDB against the gold in
+    SQLite, with the official execution match.
+    """
+    from pipelines.spider.duckdb_path import duckdb_exec_match
+
+    verdict = check_schema_sql(gold, sqlite_db.schema, "sqlite")
+    if not verdict.allowed:
+        return None
+    target = _NULLS.sub("", verdict.normalized)
+    if not duckdb_exec_match(duckdb_db, sqlite_db.path, target, gold).correct:
+        return None
+    return target
 
 
 def _dev_questions(spider_dir: Path | None) -> set[str]:

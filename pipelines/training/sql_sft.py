@@ -52,6 +52,10 @@ class TrainConfig:
     max_length: int = 768  # tokens per packed block; longer examples are dropped (and counted)
     packing: bool = True
     max_examples: int | None = None  # a seeded sample of the data, for quick runs
+    value_hints: bool = False  # the prompt lists values of the text columns, as the app's does (Spider data)
+    target_dialect: str = "sqlite"  # the SQL the adapter learns to write: Spider's SQLite, or rendered in DuckDB
+    synthetic_examples: int = 0  # generated analytics examples added to the data (DuckDB SQL)
+    init_adapter: str | None = None  # continue training this adapter's weights instead of a fresh LoRA
     # optimisation
     epochs: float = 1.0
     max_steps: int = -1  # optimizer steps; > 0 overrides epochs
@@ -391,12 +395,33 @@ def build_trainer(config: TrainConfig, hardware: Hardware, dataset, tokenizer, m
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=config.save_total_limit,
         logging_strategy="steps", logging_steps=1, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
     )
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model_path, args=args, train_dataset=dataset, processing_class=tokenizer,
+    if config.init_adapter:  # continued training: the adapter's own LoRA shape, its weights trainable
+        model, lora = _model_with_adapter(model_path, config.init_adapter, hardware, dtype), None
+    else:
+        model = model_path
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                          target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora, quantization_config=quantization_config(hardware), callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # the reporter says it; stdout stays for the CLI's JSON
     return trainer
+
+
+def _model_with_adapter(model_path: str, adapter: str, hardware: Hardware, dtype):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    if hardware.quantization == "nf4":
+        raise BadInput("continuing an adapter (init_adapter) is supported for LoRA, not QLoRA: use --quantization none")
+    if not (Path(adapter).expanduser() / "adapter_config.json").is_file():
+        raise BadInput(f"{adapter} is not a PEFT adapter folder (no adapter_config.json)")
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32 if hardware.device == "cpu" else dtype)
+    model = PeftModel.from_pretrained(base, str(Path(adapter).expanduser()), is_trainable=True)
+    for parameter in model.parameters():  # saved as fp16 to ship: train in fp32
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()
+    return model
 
 
 def train_sql(config: TrainConfig, progress: ProgressCallback | None = None,
@@ -428,7 +453,8 @@ def train_sql(config: TrainConfig, progress: ProgressCallback | None = None,
 
     report(TrainProgress("data", f"reading {config.data}", elapsed_s=elapsed()))
     data = load_training_data(config.data, schemas_dir=config.schemas_dir, max_examples=config.max_examples,
-                              seed=config.seed)
+                              seed=config.seed, value_hints=config.value_hints, target_dialect=config.target_dialect,
+                              synthetic=config.synthetic_examples)
     model_path = resolve_model_path(config.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
