@@ -36,6 +36,7 @@ def listen_url():
     import gradio as gr
 
     from components.listen import build_listen_tab
+    from components.mic_transport import launch_kwargs
     from pipelines.profiles import resolve_profile
     from pipelines.speech.transcribe import get_speech_engine
 
@@ -47,7 +48,7 @@ def listen_url():
                 question = gr.Textbox(visible=False)
                 build_listen_tab(profile, question, tabs)
     demo.queue()
-    _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs())
     yield url
     demo.close()
 
