@@ -207,7 +207,7 @@ def on_stop(current, profile: Profile):
     while not current.sequencer.wait_complete(FINISH_POLL_S) and time.monotonic() < deadline:
         stats = current.stats()
         waiting = ("the browser's end of recording" if stats.announced is None else
-                   f"{stats.announced - stats.delivered - len(stats.missing)} more chunk(s)")
+                   f"{stats.waiting_for} more chunk(s)")
         yield (gr.skip(), f"Finishing… received {stats.delivered_s:.1f} s · waiting for {waiting}", gr.skip(),
                gr.skip(), gr.skip(), off)
     current.sequencer.close()  # what has not come by now is lost, and counted

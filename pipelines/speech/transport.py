@@ -73,12 +73,17 @@ class TransportStats:
     rejected_s: float = 0.0  # audio refused for the length limit
     closed: bool = False
     chunk_s: float = 0.0  # the typical chunk's length
+    passed: int = 0  # sequence numbers dealt with (delivered, refused for the limit, or given up)
 
     @property
     def complete(self) -> bool:
         """Every announced chunk arrived (nothing missing, nothing waiting)."""
-        return self.announced is not None and self.delivered + len(self.missing) >= self.announced \
-            and not self.missing and not self.held
+        return self.announced is not None and self.passed >= self.announced and not self.missing and not self.held
+
+    @property
+    def waiting_for(self) -> int | None:
+        """Announced chunks not in yet (None before the end is announced)."""
+        return None if self.announced is None else max(self.announced - self.passed - self.held, 0)
 
     @property
     def missing_s(self) -> float:
@@ -194,9 +199,9 @@ class ChunkSequencer:
 
     def wait_complete(self, timeout: float) -> bool:
         """Wait until every announced chunk is in (or the sequencer is closed)."""
-        deadline = self._clock() + timeout
+        deadline = time.monotonic() + timeout
         while not self._complete.is_set():
-            left = deadline - self._clock()
+            left = deadline - time.monotonic()
             if left <= 0:
                 break
             self._complete.wait(min(left, 0.1))
@@ -213,7 +218,8 @@ class ChunkSequencer:
             return TransportStats(delivered=self._delivered, delivered_s=self._delivered_s,
                                   missing=tuple(self._missing), late=self._late, duplicates=self._duplicates,
                                   held=len(self._held), announced=self._announced, recorded_s=self._recorded_s,
-                                  rejected_s=self._rejected_s, closed=self._closed, chunk_s=chunk_s)
+                                  rejected_s=self._rejected_s, closed=self._closed, chunk_s=chunk_s,
+                                  passed=self._next)
 
     # -- under the lock ---------------------------------------------------------------------------------------
     def _advance(self) -> None:
