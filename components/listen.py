@@ -277,7 +277,9 @@ def build_listen_tab(profile: Profile, question_box: gr.Textbox, tabs: gr.Tabs) 
         with gr.Column(scale=1, min_width=300):
             # The visible control only: the audio itself goes through the page's own transport. (At Stop, Gradio
             # still uploads the whole recording to show it in the player; nothing on the server reads it.)
-            mic = gr.Audio(sources=["microphone"], type="filepath", label="Speak", elem_id="listen-mic")
+            # No live waveform while recording: drawing it costs the browser CPU that a busy machine lacks.
+            mic = gr.Audio(sources=["microphone"], type="filepath", label="Speak", elem_id="listen-mic",
+                           waveform_options=gr.WaveformOptions(show_recording_waveform=False))
             recording_id = gr.Textbox(visible=False, elem_id="listen-recording-id")
             refresh = gr.Timer(REFRESH_S, active=False)
             upload = gr.Audio(sources=["upload"], type="filepath", label="…or upload a file (wav, flac, ogg, mp3)",

@@ -207,14 +207,16 @@ _LIBRARY = r"""
         pcm[i] = v < 0 ? v * 32768 : v * 32767;
       }
       this.samples += pcm.length; this.parts.push(pcm); this.partLen += pcm.length;
-      if (this.partLen >= this.chunkLen) this.cut();
+      while (this.partLen >= this.chunkLen) this.cut(this.chunkLen);
     }
-    cut() {
-      if (!this.partLen) return;
-      const chunk = new Int16Array(this.partLen);
+    cut(length) {  // the next chunk: `length` samples (all that is left at Stop)
+      length = Math.min(length || this.partLen, this.partLen);
+      if (!length) return;
+      const all = new Int16Array(this.partLen);
       let at = 0;
-      for (const part of this.parts) { chunk.set(part, at); at += part.length; }
-      this.parts = []; this.partLen = 0;
+      for (const part of this.parts) { all.set(part, at); at += part.length; }
+      const chunk = all.slice(0, length);
+      this.parts = length < all.length ? [all.slice(length)] : []; this.partLen = all.length - length;
       const seq = this.seq++;
       this.sends.push(this.post('/chunk?seq=' + seq + '&rate=' + this.rate, chunk.buffer,
                                 'application/octet-stream').then((result) => {
