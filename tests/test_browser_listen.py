@@ -141,3 +141,27 @@ def test_two_people_recording_at_once(chromium, listen_url, spoken, record_prope
         check(recording, spoken, record_property, f"two_users_{index}")
     for context in contexts:
         context.close()
+
+
+def test_a_chunk_lost_on_the_way_is_said_loudly_and_a_retried_one_is_not_lost(chromium, listen_url, spoken):
+    """The network fails the page: chunk 3's first POST (the page retries it) and every POST of chunk 5."""
+    context = chromium.new_context(permissions=["microphone"])
+    page = open_listen_tab(context, listen_url)
+    failed: list[str] = []
+
+    def flaky(route):
+        url = route.request.url
+        if "seq=5&" in url or ("seq=3&" in url and not any("seq=3&" in u for u in failed)):
+            failed.append(url)
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route(lambda url: "/voxql/mic/" in url and "/chunk" in url, flaky)
+    [recording] = record_together([page], 0.0, 4.0)
+    assert recording.page["failed"] == [5], recording.page  # chunk 3 got through on a retry; chunk 5 never did
+    assert sum("seq=5&" in url for url in failed) == 6  # tried 6 times
+    status = recording.final_status  # (as the page shows it: the bold markers are rendered)
+    assert status.startswith("Done") and "AUDIO LOST: 1 chunk(s) (#5) never arrived" in status, status
+    assert recording.recorded_by_browser_s - recording.received_s == pytest.approx(0.25, abs=0.011), status
+    context.close()
