@@ -221,6 +221,8 @@ def on_stop(current, profile: Profile):
     if isinstance(final, str):
         lost = current.stats()
         note = f" · {transport_markdown(lost)}" if lost.lost or lost.recorded_s is None else ""
+        if current.page_error:
+            note += f" · the page could not capture the microphone: {html.escape(current.page_error)}"
         yield (gr.skip(), error_markdown(final) + note, gr.skip(), gr.skip(), engine_markdown(profile, live.engine),
                off)
         return

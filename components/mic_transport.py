@@ -90,6 +90,9 @@ def build_router() -> APIRouter:
             if recorded_s is not None and (not isinstance(recorded_s, (int, float)) or isinstance(recorded_s, bool)
                                            or not math.isfinite(recorded_s)):
                 raise TransportError("'recorded_s' must be a number")
+            page_error = end.get("error")
+            if isinstance(page_error, str) and page_error:
+                recording.page_error = page_error[:200]  # shown escaped, as text
             stats = recording.end(chunks, None if recorded_s is None else float(recorded_s))
         except TransportError as error:
             return _refusal(error)

@@ -290,6 +290,12 @@ def test_the_route_refuses_what_it_should(served, engine):
         assert client.post(f"/voxql/mic/{rid}/end", content=b"__import__('os')").status_code == 400
         assert client.post(f"/voxql/mic/{rid}/end", json={"chunks": "3"}).status_code == 400
         assert client.post("/voxql/mic/nobody/end", json={"chunks": 1}).status_code == 404
+        silent, silent_id, *_ = handler(demo, "on_start")(None, False, 0, engine)
+        said = client.post(f"/voxql/mic/{silent_id}/end",
+                           json={"chunks": 0, "recorded_s": 0, "error": "NotAllowedError: <b>denied</b>"})
+        assert said.status_code == 200
+        _spans, status, *_rest = finish(demo, silent, engine)
+        assert "nothing was recorded" in status and "NotAllowedError: &lt;b&gt;denied&lt;/b&gt;" in status
         for seq in (0, 1, 3):  # chunk 2 never comes
             assert chunk(rid, seq=seq, body=mic_chunks(1.0)[seq]).status_code == 200
         assert client.post(f"/voxql/mic/{rid}/end", json={"chunks": 4, "recorded_s": 1.0}).json()["held"] == 1

@@ -59,7 +59,7 @@ class ListenSession:
     def __init__(self, engine: SpeechEngine | Callable[[], SpeechEngine], *, tags: bool = True,
                  top_k: int | None = DEFAULT_TOP_K, scheduler: LiveScheduler | None = None):
         # A loader instead of an engine: the model then loads on the worker, while the first chunks wait in
-        # the inbox, instead of inside the UI's handler (where Gradio would drop chunks meanwhile).
+        # the inbox, instead of inside a web handler (which would then hold up the chunks behind it).
         self._engine = engine if isinstance(engine, SpeechEngine) else None
         self._load = None if isinstance(engine, SpeechEngine) else engine
         self.tags = tags

@@ -274,6 +274,7 @@ class MicRecording:
     rate: int | None = None
     finished_at: float | None = None
     stop_requested: bool = False  # the UI's Stop came (its live refresh stops)
+    page_error: str | None = None  # why the page could not capture, as it said at the end
 
     def put(self, seq: int, rate: int, body: bytes) -> str:
         if len(body) > MAX_CHUNK_BYTES:
