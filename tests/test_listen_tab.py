@@ -138,6 +138,18 @@ def test_a_lost_chunk_is_said_loudly(app, profile):
     assert result["timings"]["received_s"] == pytest.approx(1.5)
 
 
+def test_a_recording_whose_end_never_came_says_audio_may_be_lost(app, profile, monkeypatch):
+    import components.listen
+
+    monkeypatch.setattr(components.listen, "TRANSPORT_WAIT_S", 0.3)  # (12 s in the app)
+    on_start, on_stop = handler(app, "on_start").fn, handler(app, "on_stop").fn
+    recording = on_start(None, True, 2, profile)[0]
+    recording.put(0, 16_000, (np.random.default_rng(3).standard_normal(8_000) * 3000).astype(np.int16).tobytes())
+    progress, (_, status, *_rest) = stop(on_stop, recording, profile)  # the page's end of recording never comes
+    assert any("waiting for the browser's end of recording" in update[1] for update in progress)
+    assert status.startswith("Done") and "**AUDIO MAY BE LOST: the browser never said how much it recorded**" in status
+
+
 def test_silent_recording_gives_a_message_not_a_traceback(app, profile):
     on_start, on_stop = handler(app, "on_start").fn, handler(app, "on_stop").fn
     recording = on_start(None, True, 2, profile)[0]
