@@ -278,10 +278,11 @@ def build_listen_tab(profile: Profile, question_box: gr.Textbox, tabs: gr.Tabs) 
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
             # The visible control only: the audio itself goes through the page's own transport. (At Stop, Gradio
-            # still uploads the whole recording to show it in the player; nothing on the server reads it.)
+            # still uploads the whole recording for its player; nothing on the server reads it, and it is cleared.)
             # No live waveform while recording: drawing it costs the browser CPU that a busy machine lacks.
+            # (interactive=True: it is an output too, of the clear at Stop, and Gradio would make it static.)
             mic = gr.Audio(sources=["microphone"], type="filepath", label="Speak", elem_id="listen-mic",
-                           waveform_options=gr.WaveformOptions(show_recording_waveform=False))
+                           interactive=True, waveform_options=gr.WaveformOptions(show_recording_waveform=False))
             recording_id = gr.Textbox(visible=False, elem_id="listen-recording-id")
             refresh = gr.Timer(REFRESH_S, active=False)
             upload = gr.Audio(sources=["upload"], type="filepath", label="…or upload a file (wav, flac, ogg, mp3)",
@@ -315,6 +316,8 @@ def build_listen_tab(profile: Profile, question_box: gr.Textbox, tabs: gr.Tabs) 
     refresh.tick(on_refresh, inputs=[session], outputs=[transcript, status], concurrency_id=REFRESH_CONCURRENCY_ID,
                  concurrency_limit=None, api_visibility="private", show_progress="hidden")
     mic.stop_recording(None, js=STOP_JS)  # (the page also acts at the Stop click itself)
+    # Gradio's recorder then shows its own copy in a player; clear it, so Record is there for the next recording.
+    mic.stop_recording(None, outputs=[mic], js="() => null")
     mic.stop_recording(on_stop, inputs=[session, profile_state],
                        outputs=[transcript, status, result, plain_text, engine_status, refresh],
                        concurrency_id=FINISH_CONCURRENCY_ID, concurrency_limit=FINISH_CONCURRENCY_LIMIT,

@@ -143,8 +143,10 @@ def test_two_people_recording_at_once(chromium, listen_url, spoken, record_prope
         context.close()
 
 
-def test_a_chunk_lost_on_the_way_is_said_loudly_and_a_retried_one_is_not_lost(chromium, listen_url, spoken):
-    """The network fails the page: chunk 3's first POST (the page retries it) and every POST of chunk 5."""
+def test_a_lost_chunk_is_said_loudly_a_retried_one_is_not_lost_and_the_next_recording_is_whole(chromium,
+                                                                                                listen_url):
+    """The network fails the page: chunk 3's first POST (the page retries it) and every POST of chunk 5. Then
+    the same page records again."""
     context = chromium.new_context(permissions=["microphone"])
     page = open_listen_tab(context, listen_url)
     failed: list[str] = []
@@ -164,4 +166,10 @@ def test_a_chunk_lost_on_the_way_is_said_loudly_and_a_retried_one_is_not_lost(ch
     status = recording.final_status  # (as the page shows it: the bold markers are rendered)
     assert status.startswith("Done") and "AUDIO LOST: 1 chunk(s) (#5) never arrived" in status, status
     assert recording.recorded_by_browser_s - recording.received_s == pytest.approx(0.25, abs=0.011), status
+    # the network is back: a second recording on the same page (a new id, a new capture) loses nothing
+    page.unroute_all()
+    [again] = record_together([page], 0.0, 3.0)
+    assert again.page["failed"] == [] and again.page["chunks"] >= 12, again.page
+    assert again.final_status.startswith("Done") and "LOST" not in again.final_status, again.final_status
+    assert again.received_s == pytest.approx(again.recorded_by_browser_s, abs=0.011)
     context.close()
