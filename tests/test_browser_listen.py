@@ -143,8 +143,7 @@ def test_two_people_recording_at_once(chromium, listen_url, spoken, record_prope
         context.close()
 
 
-def test_a_lost_chunk_is_said_loudly_a_retried_one_is_not_lost_and_the_next_recording_is_whole(chromium,
-                                                                                                listen_url):
+def test_a_lost_chunk_is_said_loudly_and_a_retried_one_is_not(chromium, listen_url):
     """The network fails the page: chunk 3's first POST (the page retries it) and every POST of chunk 5. Then
     the same page records again."""
     context = chromium.new_context(permissions=["microphone"])
