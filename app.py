@@ -15,6 +15,7 @@ import gradio as gr
 
 from components.ask import build_ask_tab
 from components.listen import build_listen_tab
+from components.mic_transport import launch_kwargs
 from components.train import build_train_tab
 from pipelines.engine import get_engine
 from pipelines.errors import VoxQLError
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     demo = build_app(profile)
     if not args.no_warm_up:
         warm_up(profile)
-    demo.queue(default_concurrency_limit=8, max_size=64).launch(theme=gr.themes.Soft())
+    # launch_kwargs(): the live microphone's chunk route, on the app Gradio builds (also on Spaces, which runs this)
+    demo.queue(default_concurrency_limit=8, max_size=64).launch(theme=gr.themes.Soft(), **launch_kwargs())
 
 
 if __name__ == "__main__":

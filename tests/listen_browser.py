@@ -22,7 +22,12 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media
          "--use-fake-device-for-media-stream", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--no-first-run"]
 RECEIVED = re.compile(r"received (\d+(?:\.\d+)?) s")
+RECORDED = re.compile(r"of (\d+(?:\.\d+)?) s recorded by the browser")
 HANDLER = re.compile(r"p50 (\d+(?:\.\d+)?) ms, p95 (\d+(?:\.\d+)?) ms over (\d+) chunks")
+# What the page's transport (components/mic_transport.py) says of its last recording.
+PAGE_STATS = """() => { const r = window.voxqlMic && window.voxqlMic.current;
+  return r ? {chunks: r.seq, samples: r.samples, rate: r.rate, failed: r.failed, ended: r.ended, error: r.error,
+              wall_s: r.wall_s} : null; }"""
 
 
 def chromium_missing() -> str | None:
@@ -69,10 +74,16 @@ class Recording:
     final_text: str = ""
     final_status: str = ""
     statuses: list[str] = field(default_factory=list)
+    page: dict | None = None  # the page transport's own count (PAGE_STATS)
 
     @property
     def received_s(self) -> float | None:
         match = RECEIVED.search(self.final_status)
+        return float(match.group(1)) if match else None
+
+    @property
+    def recorded_by_browser_s(self) -> float | None:
+        match = RECORDED.search(self.final_status)
         return float(match.group(1)) if match else None
 
     @property
@@ -143,6 +154,7 @@ def record_together(pages: list, stagger_s: float, seconds: float, done_when=Non
     for page, recording in zip(pages, recordings):
         recording.final_status = wait_done(page)
         recording.final_text = transcript_text(page)
+        recording.page = page.evaluate(PAGE_STATS)
     return recordings
 
 

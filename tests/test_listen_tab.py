@@ -1,5 +1,6 @@
-"""The Listen tab: its wiring, its handlers run directly (microphone stream, stop, file, send to Ask), and the
-plain `/transcribe` endpoint through gradio_client against a launched app on localhost."""
+"""The Listen tab: its wiring, its handlers run directly (microphone start, chunks through the transport, refresh,
+stop, file, send to Ask), and the plain `/transcribe` endpoint through gradio_client against a launched app on
+localhost."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pytest
 import soundfile as sf
 
 import gradio as gr
-from components.listen import (BUSY, CONCURRENCY_ID, MIC_CONCURRENCY_ID, STREAM_EVERY_S, build_listen_tab,
+from components.listen import (BUSY, CONCURRENCY_ID, REFRESH_CONCURRENCY_ID, REFRESH_S, build_listen_tab,
                                engine_markdown, highlight)
+from components.mic_transport import START_JS, STOP_JS
 from pipelines.profiles import resolve_profile
 
 
@@ -69,9 +71,14 @@ def test_engine_line_before_loading_says_lazily(profile):
 
 
 def test_wiring(app):
-    stream = handler(app, "on_chunk")
-    assert stream.stream_every == STREAM_EVERY_S and stream.concurrency_id == MIC_CONCURRENCY_ID
-    assert stream.concurrency_limit is None  # a stream holds its slot while recording: no cap on recordings
+    refresh = handler(app, "on_refresh")
+    assert refresh.concurrency_id == REFRESH_CONCURRENCY_ID and refresh.concurrency_limit is None
+    [timer] = [block for block in app.blocks.values() if isinstance(block, gr.Timer)]
+    assert timer.value == REFRESH_S and not timer.active  # active only while recording
+    js = [f.js for f in app.fns.values() if f.fn is None]
+    assert START_JS in js and STOP_JS in js  # the page's own capture starts at Record and flushes at Stop
+    [mic] = [block for block in app.blocks.values() if getattr(block, "elem_id", None) == "listen-mic"]
+    assert not mic.streaming  # Gradio's lossy audio streaming is not used
     assert handler(app, "on_stop").concurrency_id != CONCURRENCY_ID
     file_event = handler(app, "on_file")
     assert file_event.api_name == "transcribe" and file_event.concurrency_id == CONCURRENCY_ID
@@ -83,47 +90,87 @@ def stop(on_stop, live, profile):
     return updates[:-1], updates[-1]
 
 
-def test_microphone_stream_then_stop_for_two_users(app, profile):
-    on_start, on_chunk, on_stop = (handler(app, name).fn for name in ("on_start", "on_chunk", "on_stop"))
+def send(recording, chunks, rate: int, order=None):
+    """The page's side of the transport: numbered int16 chunks (in `order`), then the end of the recording."""
+    for seq in order or range(len(chunks)):
+        assert recording.put(seq, rate, chunks[seq].astype("<i2").tobytes()) == "ok"
+    recording.end(len(chunks), sum(len(chunk) for chunk in chunks) / rate)
+
+
+def test_microphone_chunks_then_stop_for_two_users(app, profile):
+    on_start, on_refresh, on_stop = (handler(app, name).fn for name in ("on_start", "on_refresh", "on_stop"))
     rng = np.random.default_rng(1)
-    sessions = {user: on_start(None, True, 2, profile)[0] for user in "ab"}
-    for _ in range(3):  # two users' chunks interleaved, each with its own state
-        for user in sessions:
-            chunk = (rng.standard_normal((24_000, 2)) * 3000).astype(np.int16)  # 0.5 s of 48 kHz stereo
-            spans, status, sessions[user] = on_chunk((48_000, chunk), sessions[user], True, 2, profile)
-            assert status.startswith("Live… received") and isinstance(spans, list)
-    assert sessions["a"] is not sessions["b"]
-    for user, live in sessions.items():
-        assert live.status().received_s == pytest.approx(1.5)  # every chunk arrived, whatever the worker did
-        _, (spans, status, result, text, engine_line) = stop(on_stop, live, profile)
-        assert status.startswith("Done") and "received 1.5 s" in status and "p95" in status
+    recordings = {}
+    for user in "ab":
+        recordings[user], rid, spans, status, timer = on_start(None, True, 2, profile)
+        assert rid == recordings[user].id and len(rid) >= 20 and status == "Listening…" and timer.active
+    assert recordings["a"].id != recordings["b"].id
+    for seq in range(3):  # two users' chunks interleaved, each to its own recording
+        for user, recording in recordings.items():
+            chunk = (rng.standard_normal(24_000) * 3000).astype(np.int16)  # 0.5 s of 48 kHz mono
+            assert recording.put(seq, 48_000, chunk.tobytes()) == "ok"
+            spans, status = on_refresh(recording)
+            assert status.startswith("Live… received")
+    assert recordings["a"].session is not recordings["b"].session
+    for user, recording in recordings.items():
+        assert recording.session.status().received_s == pytest.approx(1.5)  # every chunk arrived
+        recording.end(3, 1.5)
+        _, (spans, status, result, text, engine_line, timer) = stop(on_stop, recording, profile)
+        assert status.startswith("Done") and "received 1.50 s of 1.50 s recorded by the browser" in status
+        assert "3 of 3 chunks" in status and "LOST" not in status and not timer.active
         assert result["partial"] is False and result["timings"]["audio_s"] == pytest.approx(1.5, abs=0.05)
-        assert result["timings"]["handler_chunks"] == 3 and text == result["text"]
+        assert result["timings"]["handler_chunks"] == 0 and text == result["text"]  # (no route here: no timings)
         assert "device" in engine_line
+        assert on_refresh(recording) == (gr.skip(), gr.skip())  # after Stop the timer's late ticks change nothing
+
+
+def test_a_lost_chunk_is_said_loudly(app, profile):
+    on_start, on_stop = handler(app, "on_start").fn, handler(app, "on_stop").fn
+    recording = on_start(None, True, 2, profile)[0]
+    chunks = [(np.random.default_rng(seq).standard_normal(8_000) * 3000).astype(np.int16) for seq in range(4)]
+    for seq in (0, 1, 3):  # chunk 2 never comes
+        recording.put(seq, 16_000, chunks[seq].tobytes())
+    recording.end(4, 2.0)
+    recording.sequencer.gap_wait_s = 0.0  # (Stop would wait up to TRANSPORT_WAIT_S for it; no need here)
+    _, (_, status, result, *_rest) = stop(on_stop, recording, profile)
+    assert status.startswith("Done") and "received 1.50 s of 2.00 s recorded by the browser" in status
+    assert "**AUDIO LOST: 1 chunk(s) (#2) never arrived; about 0.5 s" in status
+    assert result["timings"]["received_s"] == pytest.approx(1.5)
+
+
+def test_a_recording_whose_end_never_came_says_audio_may_be_lost(app, profile, monkeypatch):
+    import components.listen
+
+    monkeypatch.setattr(components.listen, "TRANSPORT_WAIT_S", 0.3)  # (12 s in the app)
+    on_start, on_stop = handler(app, "on_start").fn, handler(app, "on_stop").fn
+    recording = on_start(None, True, 2, profile)[0]
+    recording.put(0, 16_000, (np.random.default_rng(3).standard_normal(8_000) * 3000).astype(np.int16).tobytes())
+    progress, (_, status, *_rest) = stop(on_stop, recording, profile)  # the page's end of recording never comes
+    assert any("waiting for the browser's end of recording" in update[1] for update in progress)
+    assert status.startswith("Done") and "**AUDIO MAY BE LOST: the browser never said how much it recorded**" in status
 
 
 def test_silent_recording_gives_a_message_not_a_traceback(app, profile):
-    on_chunk, on_stop = handler(app, "on_chunk").fn, handler(app, "on_stop").fn
-    _, _, live = on_chunk((48_000, np.zeros(24_000, dtype=np.int16)), None, True, 2, profile)
-    _, (_, status, *_rest) = stop(on_stop, live, profile)
+    on_start, on_stop = handler(app, "on_start").fn, handler(app, "on_stop").fn
+    recording = on_start(None, True, 2, profile)[0]
+    send(recording, [np.zeros(24_000, dtype=np.int16)], 48_000)
+    _, (_, status, *_rest) = stop(on_stop, recording, profile)
     assert "silent" in status
-    on_chunk((48_000, np.ones(4_800, dtype=np.int16)), live, True, 2, profile)  # after stop: not taken
-    assert live.status().received_s == pytest.approx(0.5)
+    assert recording.put(1, 48_000, np.ones(4_800, dtype=np.int16).tobytes()) == "late"  # after stop: not taken
+    assert recording.session.status().received_s == pytest.approx(0.5)
 
 
 def test_record_while_the_last_recording_is_finishing_is_refused(app, profile):
-    on_start, on_chunk, on_stop = (handler(app, name).fn for name in ("on_start", "on_chunk", "on_stop"))
-    live = on_start(None, True, 2, profile)[0]
-    on_chunk((16_000, (np.random.default_rng(2).standard_normal(16_000) * 3000).astype(np.int16)), live, True, 2,
-             profile)
+    on_start, on_stop = handler(app, "on_start").fn, handler(app, "on_stop").fn
+    recording = on_start(None, True, 2, profile)[0]
+    send(recording, [(np.random.default_rng(2).standard_normal(16_000) * 3000).astype(np.int16)], 16_000)
     with get_engine_lock(profile):  # the model is busy: the stopped recording cannot finish yet
-        live.stop()
-        state, _, status = on_start(live, True, 2, profile)
-        assert state is live and status == BUSY
-        on_chunk((16_000, np.ones(1_600, dtype=np.int16)), live, True, 2, profile)  # ignored, not queued
-    _, (_, status, result, *_rest) = stop(on_stop, live, profile)
+        recording.session.stop()
+        state, rid, _, status, _ = on_start(recording, True, 2, profile)
+        assert state is recording and rid == "" and status == BUSY  # an empty id: the page drops its capture
+    _, (_, status, result, *_rest) = stop(on_stop, recording, profile)
     assert status.startswith("Done") and result["timings"]["received_s"] == pytest.approx(1.0)
-    assert on_start(live, True, 2, profile)[0] is not live  # once it is done, a new recording starts
+    assert on_start(recording, True, 2, profile)[0] is not recording  # once it is done, a new recording starts
 
 
 def get_engine_lock(profile):

@@ -210,16 +210,5 @@ def test_four_simultaneous_recordings_all_finish_with_correct_transcripts(engine
     assert len(texts) == 4  # each user got their own transcript
 
 
-def test_audio_that_never_arrived_is_reported(engine):
-    """Chunks arrive as they are recorded; a 2 s hole in the arrivals is audio the browser never delivered."""
-    session = ListenSession(engine, scheduler=LiveScheduler())
-    quiet = np.zeros(8_000, dtype=np.int16)
-    session.receive(16_000, quiet)
-    time.sleep(0.5)
-    session.receive(16_000, quiet)  # on time: 1.0 s recorded, 1.0 s received
-    assert not session.status().lost_audio
-    time.sleep(2.0)
-    session.receive(16_000, quiet)  # 3.0 s recorded by now, 1.5 s received
-    status = session.status()
-    assert status.lost_audio and status.missing_s == pytest.approx(1.5, abs=0.3)
-    session.cancel()
+# Audio lost between the browser and the server is counted by sequence number in the transport (it used to be
+# guessed here from arrival times, which missed loss at the start and the end): see tests/test_mic_transport.py.

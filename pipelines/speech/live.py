@@ -1,6 +1,6 @@
 """Recognition beside the microphone: a worker that serves every live session in turn.
 
-The UI's streaming handler only appends a chunk to its session and returns (see `ListenSession.receive`);
+The microphone route only appends a chunk to its session and returns (see `ListenSession.receive`);
 everything slow (loading the model, resampling, VAD, decoding) happens here. Sessions take turns one step at a
 time, so four people recording at once share the CPU fairly: each one lags a little, none loses audio.
 

@@ -1,9 +1,9 @@
 """One user's live recording: microphone chunks in, a growing transcript out, the final one on stop.
 
 Two sides, two threads:
-- the UI's streaming handler calls `receive` (append the raw chunk, wake the worker: microseconds) and
-  `status` (read what the worker last produced). It never waits for the model, so Gradio never drops a
-  chunk because the handler was busy;
+- the microphone transport (`pipelines.speech.transport`, fed by the browser's numbered chunks) calls
+  `receive` with each chunk in order (append the raw chunk, wake the worker: microseconds), and the UI calls
+  `status` (read what the worker last produced). Neither waits for the model;
 - the recognition worker (`pipelines.speech.live`) calls `work`: load the model on first use, resample what
   came in, feed the model's stream, publish a partial transcript; after `stop`, flush and publish the final.
 
@@ -26,11 +26,8 @@ from pipelines.speech.tags import DEFAULT_TOP_K
 from pipelines.speech.transcribe import SpeechEngine, Transcript, build_transcript
 
 # Recognition that trails the received audio by more than this is "behind real time", and the status says so.
+# (Audio lost on its way from the browser is counted by the transport, by sequence number: see transport.py.)
 BEHIND_S = 2.0
-# Chunks arrive once recorded, so the wall time from the first arrival to the last (plus the first chunk's length)
-# is about the audio recorded. When it exceeds the audio received by more than this, audio was lost before it
-# reached us (Gradio's client drops and reorders chunks when the server answers late), and the status says so.
-MISSING_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -44,11 +41,6 @@ class LiveStatus:
     done: bool
     error: str | None
     full: bool  # the length limit is reached: later audio is dropped
-    missing_s: float = 0.0  # recorded (by arrival times) minus received, when positive
-
-    @property
-    def lost_audio(self) -> bool:
-        return self.missing_s > MISSING_S
 
     @property
     def lag_s(self) -> float:
@@ -67,20 +59,19 @@ class ListenSession:
     def __init__(self, engine: SpeechEngine | Callable[[], SpeechEngine], *, tags: bool = True,
                  top_k: int | None = DEFAULT_TOP_K, scheduler: LiveScheduler | None = None):
         # A loader instead of an engine: the model then loads on the worker, while the first chunks wait in
-        # the inbox, instead of inside the UI's handler (where Gradio would drop chunks meanwhile).
+        # the inbox, instead of inside a web handler (which would then hold up the chunks behind it).
         self._engine = engine if isinstance(engine, SpeechEngine) else None
         self._load = None if isinstance(engine, SpeechEngine) else engine
         self.tags = tags
         self.top_k = top_k
         self.scheduler = scheduler or shared_scheduler()
-        self.handler_ms: list[float] = []  # the UI handler's own time per chunk (it records it here)
+        self.handler_ms: list[float] = []  # the time taking each chunk in took (the route records it here)
         self.started = time.perf_counter()
         self.published: list[tuple[float, str]] = []  # (perf_counter, text) each time the live text changed
         # Shared between the handler and the worker, under _lock.
         self._lock = threading.Lock()
         self._inbox: list[tuple[int, np.ndarray]] = []
         self._received_s = 0.0
-        self._arrivals: tuple[float, float, float] | None = None  # first arrival, its chunk's seconds, last arrival
         self._stopping = False
         self._latest: Transcript | None = None
         self._recognised_s = 0.0
@@ -103,10 +94,7 @@ class ListenSession:
                 return  # a chunk that arrives after stop belongs to no recording
             self._inbox.append((int(rate), chunk))
             if rate and rate > 0:
-                seconds = chunk.shape[0] / rate
-                self._received_s += seconds
-                now = time.perf_counter()
-                self._arrivals = (now, seconds, now) if self._arrivals is None else self._arrivals[:2] + (now,)
+                self._received_s += chunk.shape[0] / rate
         self.scheduler.wake(self)
 
     def prepare(self) -> None:
@@ -130,14 +118,9 @@ class ListenSession:
 
     def status(self) -> LiveStatus:
         with self._lock:
-            missing = 0.0
-            if self._arrivals is not None:
-                first, first_s, last = self._arrivals
-                missing = max((last - first) + first_s - self._received_s, 0.0)
             return LiveStatus(received_s=self._received_s, recognised_s=self._recognised_s,
                               transcript=self.final or self._latest, stopping=self._stopping,
-                              done=self._done.is_set(), error=self._error, full=self._received_s >= max_seconds(),
-                              missing_s=missing)
+                              done=self._done.is_set(), error=self._error, full=self._received_s >= max_seconds())
 
     @property
     def engine(self) -> SpeechEngine | None:
