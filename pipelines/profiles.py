@@ -134,3 +134,10 @@ def recorded_dialect(adapter: str | None) -> str | None:
         return json.loads(record.read_text())["config"].get("target_dialect") or "sqlite"
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def cache_dir() -> Path:
+    """Where converted models and built databases live (`VOXQL_CACHE`, default ~/.cache/voxql)."""
+    path = Path(os.environ.get("VOXQL_CACHE") or Path.home() / ".cache" / "voxql")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
