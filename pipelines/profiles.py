@@ -18,9 +18,10 @@ from pathlib import Path
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 
-# The project's own Spider LoRA for SmolLM2, trained by `python -m pipelines train-sql` and shipped in assets/.
+# The project's own SQL LoRA for SmolLM2 (Spider + synthetic analytics, writes DuckDB), trained by
+# `python -m pipelines train-sql` and shipped in assets/.
 # The cpu profile uses it when the folder holds an adapter (a checkout without it runs the base model alone).
-CPU_SQL_ADAPTER_DIR = ASSETS_DIR / "adapters" / "smollm2-135m-spider-lora"
+CPU_SQL_ADAPTER_DIR = ASSETS_DIR / "adapters" / "smollm2-135m-sql-duckdb-lora"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,5 @@
 """The real Gradio app, launched on localhost and driven through gradio_client."""
 
-import dataclasses
-
 import pytest
 from gradio_client import Client
 
@@ -12,7 +10,8 @@ from tests.conftest import TAUGHT_QUESTION
 
 @pytest.fixture(scope="module")
 def profile(tiny_llama_dir, taught_adapter_dir):
-    return dataclasses.replace(resolve_profile("cpu"), sql_model=str(tiny_llama_dir), sql_adapter=str(taught_adapter_dir))
+    # resolve_profile reads the dialect from the adapter it is given (the taught one writes SQLite)
+    return resolve_profile("cpu", sql_model=str(tiny_llama_dir), sql_adapter=str(taught_adapter_dir))
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipelines.errors import BadInput
-from pipelines.spider.data import database_path, example_messages, load_schemas, load_split
+from pipelines.spider.data import database_path, load_schemas, load_split
 from pipelines.spider.tiny import DEV, TRAIN, build_tiny_spider
 from tests.conftest import SPIDER_DIR
 
@@ -54,16 +54,6 @@ def test_schemas_come_from_tables_json_with_sqlite_declared_types(tiny_spider):
     assert "PRIMARY KEY (student_id, course)" in ddl  # a composite key from tables.json's nested list
     assert "FOREIGN KEY (student_id) REFERENCES students(student_id)" in ddl
     assert "FOREIGN KEY (customer_id) REFERENCES customers(id)" in schemas["shop"].to_ddl()
-
-
-def test_example_messages_use_the_app_prompt_in_sqlite(tiny_spider):
-    from pipelines.sql.prompt import build_messages
-
-    schemas = load_schemas(tiny_spider)
-    example = load_split(tiny_spider, "dev")[0]
-    messages = example_messages(example, schemas)
-    assert messages == build_messages(example.question, schemas["shop"].to_ddl(), "sqlite")
-    assert "SQLite" in messages[0]["content"] and "CREATE TABLE customers" in messages[0]["content"]
 
 
 @pytest.mark.skipif(not (SPIDER_DIR / "dev.json").is_file(), reason="the Spider copy is not here")

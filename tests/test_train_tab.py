@@ -3,7 +3,6 @@ load into "Ask your data")."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import gradio as gr
@@ -39,7 +38,7 @@ def adapters_in_a_temporary_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def profile(tiny_llama_dir):
-    return dataclasses.replace(resolve_profile("cpu"), sql_model=str(tiny_llama_dir), sql_adapter=None)
+    return resolve_profile("cpu", sql_model=str(tiny_llama_dir), sql_adapter="none")
 
 
 

@@ -5,7 +5,7 @@
     DIR/database/<db_id>/<db_id>.sqlite      the data (may be missing: such questions are skipped, not scored)
 
 Schemas become the app's own `Schema` objects, so the prompt's schema text is `Schema.to_ddl()` everywhere:
-training, evaluation and the app show the model the same shape of text (`example_messages`).
+training, evaluation and the app show the model the same shape of text (`pipelines.sql.pipeline.question_messages`).
 
 Column types: the type declared in the `.sqlite` file when the database exists (the model writes SQLite, so it
 should see the types SQLite has: INTEGER, REAL, VARCHAR, DATETIME...), upper-cased and without length or
@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.errors import BadInput
-from pipelines.spider import SPIDER_DIALECT
 from pipelines.sql.schema import Column, ForeignKey, Schema, Table
 
 SPLIT_FILES = {"dev": "dev.json", "train": "train_spider.json"}
@@ -127,10 +126,3 @@ def _declared_types(path: Path) -> dict[tuple[str, str], str]:
 
 def _tidy_type(declared: str) -> str:
     return re.sub(r"\s*\(.*?\)", "", declared or "").strip().upper()
-
-
-def example_messages(example: SpiderExample, schemas: dict[str, Schema]):
-    """The chat prompt for one example: the app's own prompt code, schema DDL and the SQLite dialect."""
-    from pipelines.sql.prompt import build_messages
-
-    return build_messages(example.question, schemas[example.db_id].to_ddl(), SPIDER_DIALECT)

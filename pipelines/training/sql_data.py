@@ -191,8 +191,7 @@ def _load_spider(spider_dir: Path, *, value_hints: bool, target_dialect: str, ma
     databases: dict[str, tuple] = {}
     for row in chosen:
         if row.db_id not in databases:
-            databases[row.db_id] = _spider_databases(spider_dir, row.db_id, schemas[row.db_id], value_hints,
-                                                     target_dialect)
+            databases[row.db_id] = _spider_databases(spider_dir, row.db_id, schemas[row.db_id], target_dialect)
         sqlite_db, duckdb_db = databases[row.db_id]
         query = tidy_sql(row.query)
         if target_dialect == "duckdb":
@@ -215,7 +214,7 @@ def _sample(items: list, count: int | None, seed: int) -> list:
     return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), count))]
 
 
-def _spider_databases(spider_dir: Path, db_id: str, schema, value_hints: bool, target_dialect: str) -> tuple:
+def _spider_databases(spider_dir: Path, db_id: str, schema, target_dialect: str) -> tuple:
     """(the SQLite database the prompt's value hints are read from, its DuckDB copy when targets are DuckDB)."""
     from pipelines.spider.data import database_path
     from pipelines.spider.duckdb_path import open_duckdb_database
