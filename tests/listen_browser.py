@@ -30,6 +30,19 @@ PAGE_STATS = """() => { const r = window.voxqlMic && window.voxqlMic.current;
               wall_s: r.wall_s} : null; }"""
 
 
+def listen_demo(profile):
+    """A Blocks with the Listen tab alone (queued, not launched), as the app lays it out."""
+    import gradio as gr
+
+    from components.listen import build_listen_tab
+
+    with gr.Blocks() as demo:
+        with gr.Tabs() as tabs:
+            with gr.Tab("Listen", id="listen"):
+                build_listen_tab(profile, gr.Textbox(visible=False), tabs)
+    return demo.queue()
+
+
 def chromium_missing() -> str | None:
     """Why the browser tests cannot run here, or None."""
     if not Path(CHROMIUM).exists():

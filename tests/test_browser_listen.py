@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.listen_browser import chromium_missing, fake_mic_wav, open_listen_tab, record_together
+from tests.listen_browser import chromium_missing, fake_mic_wav, listen_demo, open_listen_tab, record_together
 
 reason = chromium_missing()
 pytestmark = pytest.mark.skipif(reason is not None, reason=reason or "")
@@ -37,21 +37,13 @@ def spoken():
 
 @pytest.fixture(scope="module")
 def listen_url():
-    import gradio as gr
-
-    from components.listen import build_listen_tab
     from components.mic_transport import launch_kwargs
     from pipelines.profiles import resolve_profile
     from pipelines.speech.transcribe import get_speech_engine
 
     profile = resolve_profile("cpu", asr_model="embedded:whisper-tiny.en", tag_adapter="none")
     get_speech_engine(profile, fallback=True)  # loaded before anyone records, as the app's page load does
-    with gr.Blocks() as demo:
-        with gr.Tabs() as tabs:
-            with gr.Tab("Listen", id="listen"):
-                question = gr.Textbox(visible=False)
-                build_listen_tab(profile, question, tabs)
-    demo.queue()
+    demo = listen_demo(profile)
     _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs())
     yield url
     demo.close()

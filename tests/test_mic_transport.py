@@ -10,6 +10,7 @@ import pytest
 
 from pipelines.speech.transport import (MAX_CHUNK_BYTES, ChunkSequencer, ChunkTooLarge, RecordingRegistry,
                                         TransportError, UnknownRecording)
+from tests.listen_browser import listen_demo
 
 
 class Clock:
@@ -202,16 +203,9 @@ def engine():
 
 @pytest.fixture(scope="module")
 def served(engine):
-    import gradio as gr
-
-    from components.listen import build_listen_tab
     from components.mic_transport import launch_kwargs
 
-    with gr.Blocks() as demo:
-        with gr.Tabs() as tabs:
-            with gr.Tab("Listen", id="listen"):
-                build_listen_tab(engine, gr.Textbox(visible=False), tabs)
-    demo.queue()
+    demo = listen_demo(engine)
     _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs())
     yield demo, url.rstrip("/")
     demo.close()
@@ -305,17 +299,12 @@ def test_the_route_refuses_what_it_should(served, engine):
 
 
 def test_an_app_launched_without_the_routes_gets_them_at_the_first_record(engine):
-    import gradio as gr
     import httpx
 
-    from components.listen import build_listen_tab, forget_session
+    from components.listen import forget_session
     from components.mic_transport import ensure_routes, has_routes
 
-    with gr.Blocks() as demo:
-        with gr.Tabs() as tabs:
-            with gr.Tab("Listen", id="listen"):
-                build_listen_tab(engine, gr.Textbox(visible=False), tabs)
-    demo.queue()
+    demo = listen_demo(engine)
     app, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     try:
         assert not has_routes(app)
