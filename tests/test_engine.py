@@ -3,8 +3,10 @@
 import threading
 
 import pytest
+import torch
 
 from pipelines.engine import DEFAULT_ADAPTER, SamplingParams
+from pipelines.engine.loading import cpu_has_bf16
 from pipelines.engine.transformers_engine import TransformersEngine
 from pipelines.errors import BadInput, ModelNotAvailable
 from pipelines.sql.databases import DuckDBDatabase
@@ -17,7 +19,8 @@ GREEDY = SamplingParams(max_new_tokens=24)
 
 @pytest.fixture(scope="module")
 def engine(tiny_llama_dir, taught_adapter_dir):
-    return TransformersEngine(str(tiny_llama_dir), str(taught_adapter_dir))
+    # fp32: a random model's near-tied logits make bf16 answers depend on batch padding, which is not under test
+    return TransformersEngine(str(tiny_llama_dir), str(taught_adapter_dir), dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +46,21 @@ def test_adapter_switches_per_request_without_reloading(engine, messages):
     assert base.text != TAUGHT_SQL
     assert again.text == tuned.text
     assert engine.model is model_before
+
+
+def test_default_dtype_is_bf16_where_the_cpu_has_bf16_instructions(tiny_llama_dir):
+    assert TransformersEngine(str(tiny_llama_dir)).info.dtype == ("bfloat16" if cpu_has_bf16() else "float32")
+
+
+def test_default_adapter_runs_merged_and_answers_as_the_peft_model(engine, tiny_llama_dir, taught_adapter_dir,
+                                                                  messages):
+    unmerged = TransformersEngine(str(tiny_llama_dir), str(taught_adapter_dir), dtype=torch.float32,
+                                  merge_default=False)
+    with engine._using("default") as merged_model:
+        assert merged_model is not engine.model and not hasattr(merged_model, "peft_config")
+    with engine._using(None) as base_model:
+        assert base_model is engine.model  # the base (and any other adapter) still runs on the PEFT model
+    assert engine.generate([messages], GREEDY)[0][0].text == unmerged.generate([messages], GREEDY)[0][0].text
 
 
 def test_batches_of_different_lengths_match_single_prompts(engine, messages):

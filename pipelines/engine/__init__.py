@@ -1,29 +1,70 @@
-"""Generation engines, and the process-wide cache of loaded ones (the only mutable module state: models)."""
+"""Generation engines: one way in (`get_engine`), chosen by name, and the process-wide cache of loaded ones.
+
+    get_engine(model, adapter)                      the engine named by VOXQL_ENGINE (default: transformers)
+    get_engine(model, adapter, engine="vllm")       a local vLLM server, started and supervised for you
+    get_engine(model, adapter, engine="openai", url="http://host:8000/v1")   any OpenAI-compatible server
+
+Engines are registered by name (`register_engine`, as the built-in ones below are); nothing else constructs
+engine classes. What an engine can do is on the engine (`Engine.capabilities`), so callers read it instead of
+guessing. The cache of loaded engines is the only mutable module state (models).
+"""
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Callable
 
-from pipelines.engine.base import DEFAULT_ADAPTER, Engine, EngineInfo, Generation, Message, SamplingParams, TextStream
-from pipelines.errors import VoxQLError
+from pipelines.engine.base import (DEFAULT_ADAPTER, Capabilities, Engine, EngineInfo, Generation, Message,
+                                   SamplingParams, TextStream)
+from pipelines.errors import BadInput, VoxQLError
 
-__all__ = ["DEFAULT_ADAPTER", "Engine", "EngineInfo", "Generation", "Message", "SamplingParams", "TextStream",
+__all__ = ["DEFAULT_ADAPTER", "Capabilities", "Engine", "EngineInfo", "Generation", "Message", "SamplingParams",
+           "TextStream", "ENGINE_ENV", "ENGINE_URL_ENV", "register_engine", "engine_names", "engine_choice",
            "get_engine", "loaded_engine", "load_error"]
 
-_engines: dict[tuple[str, str | None], Engine] = {}
-_load_errors: dict[tuple[str, str | None], str] = {}
+ENGINE_ENV = "VOXQL_ENGINE"
+ENGINE_URL_ENV = "VOXQL_ENGINE_URL"
+DEFAULT_ENGINE = "transformers"
+
+# name -> (factory(model, adapter, url) -> Engine, one line for --help and the README)
+_registry: dict[str, tuple[Callable[[str, str | None, str | None], Engine], str]] = {}
+_engines: dict[tuple, Engine] = {}
+_load_errors: dict[tuple, str] = {}
 _engines_lock = threading.Lock()
 
 
-def get_engine(model: str, adapter: str | None = None) -> Engine:
+def register_engine(name: str, factory: Callable[[str, str | None, str | None], Engine], description: str) -> None:
+    """Make `name` choosable with --engine / VOXQL_ENGINE. `factory(model, adapter, url)` builds the engine."""
+    _registry[name] = (factory, description)
+
+
+def engine_names() -> dict[str, str]:
+    """Registered engine names and what each is."""
+    return {name: description for name, (_, description) in _registry.items()}
+
+
+def engine_choice(engine: str | None = None, url: str | None = None) -> tuple[str, str | None]:
+    """(engine name, url) from the arguments, else VOXQL_ENGINE / VOXQL_ENGINE_URL. A URL alone means `openai`."""
+    url = url or os.environ.get(ENGINE_URL_ENV) or None
+    name = engine or os.environ.get(ENGINE_ENV) or ("openai" if url else DEFAULT_ENGINE)
+    if name not in _registry:
+        raise BadInput(f"unknown engine {name!r}; choose one of: {', '.join(_registry)}")
+    return name, url
+
+
+def _key(model: str, adapter: str | None, engine: str | None, url: str | None) -> tuple:
+    return (*engine_choice(engine, url), model, adapter)
+
+
+def get_engine(model: str, adapter: str | None = None, *, engine: str | None = None, url: str | None = None) -> Engine:
     """The engine for `model` with `adapter` as its default, loaded once per process and shared by all users."""
-    key = (model, adapter)
+    key = _key(model, adapter, engine, url)
     with _engines_lock:  # several browser sessions may ask at once; load once
         if key not in _engines:
-            from pipelines.engine.transformers_engine import TransformersEngine
-
+            factory, _ = _registry[key[0]]
             try:
-                _engines[key] = TransformersEngine(model, adapter)
+                _engines[key] = factory(model, adapter, key[1])
             except VoxQLError as error:
                 _load_errors[key] = str(error)
                 raise
@@ -31,11 +72,41 @@ def get_engine(model: str, adapter: str | None = None) -> Engine:
         return _engines[key]
 
 
-def loaded_engine(model: str, adapter: str | None = None) -> Engine | None:
+def loaded_engine(model: str, adapter: str | None = None, *, engine: str | None = None,
+                  url: str | None = None) -> Engine | None:
     """The engine if it is already loaded, without loading it (for status displays)."""
-    return _engines.get((model, adapter))
+    return _engines.get(_key(model, adapter, engine, url))
 
 
-def load_error(model: str, adapter: str | None = None) -> str | None:
+def load_error(model: str, adapter: str | None = None, *, engine: str | None = None, url: str | None = None) -> str | None:
     """Why the last attempt to load this engine failed, if it did."""
-    return _load_errors.get((model, adapter))
+    return _load_errors.get(_key(model, adapter, engine, url))
+
+
+# -- the built-in engines (imported when first chosen: vLLM's client needs no torch, transformers' does) ---------
+def _transformers(model: str, adapter: str | None, url: str | None) -> Engine:
+    if url:
+        raise BadInput("the transformers engine runs in this process; a URL needs --engine openai or vllm")
+    from pipelines.engine.transformers_engine import TransformersEngine
+
+    return TransformersEngine(model, adapter)
+
+
+def _vllm(model: str, adapter: str | None, url: str | None) -> Engine:
+    from pipelines.engine.vllm_engine import VLLMEngine
+
+    return VLLMEngine(model, adapter, url=url)
+
+
+def _openai(model: str, adapter: str | None, url: str | None) -> Engine:
+    if not url:
+        raise BadInput(f"the openai engine needs the server's URL: --engine-url or {ENGINE_URL_ENV}")
+    from pipelines.engine.openai_engine import OpenAIEngine
+
+    return OpenAIEngine(model, adapter, url=url)
+
+
+register_engine("transformers", _transformers, "in-process transformers + PEFT (CPU or CUDA); the default")
+register_engine("vllm", _vllm, "vLLM: a local server started from `bash scripts/install-vllm.sh`'s venv, "
+                               "or the one at --engine-url")
+register_engine("openai", _openai, "any OpenAI-compatible server at --engine-url (vLLM, SGLang, TGI...)")

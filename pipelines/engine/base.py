@@ -1,9 +1,10 @@
 """The generation interface every pipeline uses: chat messages in, text out.
 
 An engine holds one base model and any number of named LoRA adapters. Each request says which adapter to use
-(`None` = the base model alone), so the app can compare base and adapter without reloading anything. Other
-engines (vLLM, a remote endpoint) implement the same two methods. A request may carry a grammar
-(`SamplingParams.grammar`); an engine that declares `supports_grammar` makes every output follow it.
+(`None` = the base model alone), so the app can compare base and adapter without reloading anything. Every
+engine (in-process transformers, a vLLM server, any OpenAI-compatible endpoint) implements the same methods and
+says what it can do in `capabilities`. A request may carry a grammar (`SamplingParams.grammar`); an engine whose
+capabilities include `grammar` makes every output follow it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class SamplingParams:
     top_p: float = 1.0
     n: int = 1  # samples per prompt (sampling only)
     seed: int | None = None
-    grammar: str | None = None  # a Lark grammar the output must follow (engines with `supports_grammar`)
+    grammar: str | None = None  # a Lark grammar the output must follow (engines with `capabilities.grammar`)
 
     @property
     def greedy(self) -> bool:
@@ -47,6 +48,21 @@ class Generation:
     finish_reason: str  # "stop" (end of turn), "length" (max_new_tokens) or "cancelled"
     # With a grammar: "followed", or "fell back" when the grammar dead-ended and decoding went on freely.
     grammar: str | None = None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do; the UI and CLI read these instead of guessing from the engine's name."""
+
+    streaming: bool = True
+    adapters_per_request: bool = True  # each request names its adapter (base vs adapter without reloading)
+    runtime_adapter_loading: bool = True  # `load_adapter` adds one while serving
+    grammar: bool = False  # honours SamplingParams.grammar
+    batching: bool = False  # a batch of conversations runs together (not one after another)
+    audio_input: bool = False  # messages may carry audio
+
+    def as_dict(self) -> dict[str, bool]:
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -100,7 +116,7 @@ class TextStream:
 
 class Engine(ABC):
     info: EngineInfo
-    supports_grammar: bool = False  # honours SamplingParams.grammar
+    capabilities: Capabilities = Capabilities()
 
     @abstractmethod
     def generate(

@@ -16,6 +16,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=["cpu", "gpu"], help="model profile (default: gpu with CUDA, else cpu)")
     parser.add_argument("--model", help="model id or local path (overrides the profile and VOXQL_SQL_MODEL)")
     parser.add_argument("--adapter", help="LoRA adapter id or path, or 'none' for the base model")
+    parser.add_argument("--engine", help="generation engine: transformers (default), vllm or openai "
+                                         "(or VOXQL_ENGINE); see the README's Engines table")
+    parser.add_argument("--engine-url", help="an OpenAI-compatible server to use, e.g. http://host:8000/v1 "
+                                             "(or VOXQL_ENGINE_URL); alone it means --engine openai")
 
 
 def profile_from_args(args: argparse.Namespace):
@@ -28,7 +32,7 @@ def sql_engine_from_args(args: argparse.Namespace):
     from pipelines.engine import get_engine
 
     profile = profile_from_args(args)
-    return get_engine(profile.sql_model, profile.sql_adapter)
+    return get_engine(profile.sql_model, profile.sql_adapter, engine=args.engine, url=args.engine_url)
 
 
 def open_database_file(path: str | Path, workdir: Path):

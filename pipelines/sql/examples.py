@@ -170,12 +170,11 @@ def cmd_verify_examples(args) -> int:
 
     from tqdm import tqdm
 
-    from pipelines.engine import get_engine
-    from pipelines.profiles import resolve_profile
     from pipelines.spider.evaluate import run_metadata
+    from pipelines.sql.cli import profile_from_args, sql_engine_from_args
 
-    profile = resolve_profile(args.profile, sql_model=args.model, sql_adapter=args.adapter)
-    engine = get_engine(profile.sql_model, profile.sql_adapter)
+    profile = profile_from_args(args)
+    engine = sql_engine_from_args(args)
     bar = tqdm(total=None, desc="examples", unit="q", file=sys.stderr, dynamic_ncols=True)
 
     def progress(done: int, total: int) -> None:
@@ -199,14 +198,13 @@ def cmd_verify_examples(args) -> int:
 
 
 def register(subparsers) -> None:
+    from pipelines.sql.cli import add_model_arguments
+
     parser = subparsers.add_parser(
         "verify-examples", help="ask every bundled example question, compare with its gold SQL, write the result")
     parser.add_argument("--out", default=str(VERIFIED_FILE), help=f"JSON file (default {VERIFIED_FILE.name} "
                                                                      "in results/, which the Ask tab reads)")
     parser.add_argument("--retries", type=int, default=FIRST_TRY,
                         help="self-corrections allowed after an error (default 0: right on the first try)")
-    parser.add_argument("--profile", choices=["cpu", "gpu"], default="cpu",
-                        help="model profile (default cpu: the file describes the shipped cpu model)")
-    parser.add_argument("--model", help="model id or local path (overrides the profile and VOXQL_SQL_MODEL)")
-    parser.add_argument("--adapter", help="LoRA adapter id or path, or 'none' for the base model")
-    parser.set_defaults(func=cmd_verify_examples)
+    add_model_arguments(parser)
+    parser.set_defaults(profile="cpu", func=cmd_verify_examples)  # the file describes the shipped cpu model

@@ -118,7 +118,7 @@ def ask_stream(
     answer = Answer(question=question, database=database.name, model=engine.info.model,
                     adapter=engine.info.adapters.get(adapter) if adapter else None)
     dialect = dialect or recorded_dialect(answer.adapter) or database.dialect
-    if constrain and not engine.supports_grammar:
+    if constrain and not engine.capabilities.grammar:
         answer.constrained = f"unavailable: the {engine.info.engine} engine does not support grammars"
     elif constrain:
         params = dataclasses.replace(params, grammar=sql_grammar(database.schema))

@@ -570,12 +570,12 @@ def evaluate_adapter(
     if not (adapter_dir / "adapter_config.json").is_file():
         raise BadInput(f"{adapter_dir} holds no adapter (adapter_config.json is missing)")
     if engine is None:
-        from pipelines.engine.transformers_engine import TransformersEngine
+        from pipelines.engine import get_engine
 
         base_model = model_card.adapter_base_model(adapter_dir)
         if base_model is None:
             raise BadInput(f"{adapter_dir} does not say which base model it was trained on (no training.json)")
-        engine = TransformersEngine(base_model, str(adapter_dir))
+        engine = get_engine(base_model, str(adapter_dir))
         adapter_name = "default"
     reports = {}
     for kind in which:
