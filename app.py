@@ -1,6 +1,6 @@
 """VoxQL: try, compare and retrain fine-tuned LLM adapters in the browser.
 
-    python app.py [--profile cpu|gpu] [--model ID_OR_PATH] [--adapter PATH|none]
+    python app.py [--profile cpu|gpu] [--model ID_OR_PATH] [--adapter PATH|none] [--engine NAME] [--engine-url URL]
 
 Host and port follow GRADIO_SERVER_NAME and GRADIO_SERVER_PORT (Gradio's own variables).
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import threading
 
 import gradio as gr
@@ -17,7 +18,7 @@ from components.ask import build_ask_tab
 from components.listen import build_listen_tab
 from components.mic_transport import launch_kwargs
 from components.train import build_train_tab
-from pipelines.engine import get_engine
+from pipelines.engine import ENGINE_ENV, ENGINE_URL_ENV, engine_choice, get_engine
 from pipelines.errors import VoxQLError
 from pipelines.profiles import Profile, resolve_profile
 from pipelines.speech.transcribe import warm_speech_engine
@@ -69,10 +70,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", choices=["cpu", "gpu"], help="default: gpu with CUDA, else cpu (or VOXQL_PROFILE)")
     parser.add_argument("--model", help="SQL model id or path (or VOXQL_SQL_MODEL)")
     parser.add_argument("--adapter", help="SQL adapter id or path, or 'none' (or VOXQL_SQL_ADAPTER)")
+    parser.add_argument("--engine", help="transformers (default), vllm or openai (or VOXQL_ENGINE)")
+    parser.add_argument("--engine-url", help="an OpenAI-compatible server to use (or VOXQL_ENGINE_URL)")
     parser.add_argument("--no-warm-up", action="store_true", help="load models on first use instead of at start")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
+    # Every tab gets its engine from get_engine, which reads these: the flags are the variables' short form.
+    for variable, value in ((ENGINE_ENV, args.engine), (ENGINE_URL_ENV, args.engine_url)):
+        if value:
+            os.environ[variable] = value
+    try:
+        engine_choice()  # an unknown engine name stops here, with the names to choose from
+    except VoxQLError as error:
+        parser.error(str(error))
     profile = resolve_profile(args.profile, sql_model=args.model, sql_adapter=args.adapter)
     log.info("profile %s: sql model %s, adapter %s", profile.name, profile.sql_model, profile.sql_adapter)
     demo = build_app(profile)

@@ -14,6 +14,7 @@ It is stopped with the app: at exit, and by the kernel if the app dies (PR_SET_P
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import ctypes
 import json
 import logging
@@ -113,8 +114,10 @@ class VLLMServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = cache_dir() / "vllm" / f"server-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = [str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server",
-                   *server_arguments(model_spec, adapter_path, self.port)]
+        arguments = server_arguments(model_spec, adapter_path, self.port)
+        command = [str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server", *arguments]
+        self.device = "cuda" if _cuda_capability() else "cpu"
+        self.dtype = arguments[arguments.index("--dtype") + 1] if "--dtype" in arguments else "auto"
         env = {**os.environ, "PYTHONPATH": str(SITE_DIR), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
                "VOXQL_LLGUIDANCE_MAX_ITEMS_IN_ROW": str(MAX_ITEMS_IN_ROW),
                "VOXQL_LLGUIDANCE_STEP_MAX_ITEMS": str(STEP_MAX_ITEMS)}
@@ -170,6 +173,8 @@ class VLLMEngine(OpenAIEngine):
             if self.server:
                 self.server.stop()
             raise
+        if self.server:  # a server of ours: say where it runs, as the transformers engine does
+            self.info = dataclasses.replace(self.info, device=self.server.device, dtype=self.server.dtype)
 
     def close(self) -> None:
         if self.server:
