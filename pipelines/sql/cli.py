@@ -8,7 +8,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipelines.errors import BadInput
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,27 +34,17 @@ def sql_engine_from_args(args: argparse.Namespace):
     return get_engine(profile.sql_model, profile.sql_adapter, engine=args.engine, url=args.engine_url)
 
 
-def open_database_file(path: str | Path, workdir: Path):
-    """A DuckDBDatabase for a DuckDB file, or for a CSV/Parquet/SQLite file imported into `workdir`."""
-    from pipelines.sql.databases import DuckDBDatabase
-    from pipelines.sql.uploads import import_upload
-
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"no such database file: {path}")
-    return DuckDBDatabase(import_upload(path, workdir), name=path.stem)
-
-
 def json_default(value):
     """Dates, decimals and the like become strings in JSON output."""
     return str(value)
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
+    from pipelines.sql.databases import open_database
     from pipelines.sql.pipeline import ask
 
     with tempfile.TemporaryDirectory(prefix="voxql-cli-") as workdir:
-        database = open_database_file(args.db, Path(workdir))
+        database = open_database(args.db, Path(workdir))
         engine = sql_engine_from_args(args)
         answer = ask(args.question, database, engine, max_retries=args.max_retries,
                      dialect=profile_from_args(args).sql_dialect, constrain=not args.no_constrain)

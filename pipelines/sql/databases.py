@@ -73,3 +73,14 @@ class SchemaOnlyDatabase:
 
     def run(self, sql: str) -> QueryResult:
         raise RuntimeError("a schema-only database has no data to run queries on")
+
+
+def open_database(path: str | Path, workdir: str | Path) -> DuckDBDatabase:
+    """A database for a DuckDB file, or for a CSV/Parquet/SQLite file imported into `workdir` (as uploads are)."""
+    from pipelines.errors import BadInput
+    from pipelines.sql.uploads import import_upload
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"no such database file: {path}")
+    return DuckDBDatabase(import_upload(path, Path(workdir)), name=path.stem)
