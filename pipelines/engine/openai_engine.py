@@ -165,6 +165,8 @@ class OpenAIEngine(Engine):
                         if not line.startswith("data: ") or line == "data: [DONE]":
                             continue
                         chunk = json.loads(line[len("data: "):])
+                        if "error" in chunk:  # the server ended the request mid-way (vLLM: an error event)
+                            raise BadInput(_stopped_message(self.url, chunk["error"], params))
                         usage = chunk.get("usage") or usage
                         for choice in chunk.get("choices", []):
                             tokens += len(choice.get("token_ids") or [])
@@ -196,6 +198,13 @@ def _token_count(choice: dict, usage: dict, choices: int) -> int:
 
 def _finish_reason(reason: str | None) -> str:
     return "length" if reason == "length" else ("cancelled" if reason == "abort" else "stop")
+
+
+def _stopped_message(url: str, error, params: SamplingParams) -> str:
+    message = str(error.get("message", error) if isinstance(error, dict) else error)[:300]
+    hint = (" A grammar request: a vLLM server needs llguidance's raised parser limits for the SQL grammar "
+            "(README, Engines), or turn constraints off.") if params.grammar is not None else ""
+    return f"the server at {url} stopped generating: {message}.{hint}"
 
 
 def _server_message(response: httpx.Response) -> str:
