@@ -104,3 +104,35 @@ def test_errors_are_said_with_the_servers_words(engine):
         engine.generate([[{"role": "user", "content": "x"}]], SamplingParams(grammar='start: "x"'))
     with pytest.raises(BadInput, match="no adapter named 'other'"):
         engine.generate([[{"role": "user", "content": "x"}]], adapter="other")
+
+
+def test_a_server_process_ends_itself_when_the_app_is_gone(tmp_path):
+    """vllm_site/sitecustomize.py, which every process of the vLLM server we start loads: a stand-in server
+    (a sleeping Python) outlives its parent by at most a few seconds."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from pipelines.engine.vllm_engine import SITE_DIR
+
+    pid_file = tmp_path / "server.pid"
+    app = ("import os, subprocess, sys\n"
+           f"server = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], "
+           f"env={{**os.environ, 'PYTHONPATH': {str(SITE_DIR)!r}, 'VOXQL_APP_PID': str(os.getpid())}})\n"
+           f"open({str(pid_file)!r}, 'w').write(str(server.pid))\n"
+           "os._exit(0)  # the app dies without cleaning up\n")
+    subprocess.run([sys.executable, "-c", app], check=True, timeout=60)
+    server_pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 20
+    status = Path(f"/proc/{server_pid}/status")
+    while time.monotonic() < deadline:
+        try:
+            if "zombie" in status.read_text():  # ended; its new parent has not reaped it yet
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.5)
+    os.kill(server_pid, 9)
+    raise AssertionError("the stand-in server outlived its parent by 20 s")

@@ -3,7 +3,7 @@
 vLLM lives in its own venv (`bash scripts/install-vllm.sh`): its wheels pin their own torch and an older
 transformers than the app's. The server serves the base model and the profile's adapter by name (LoRA), takes
 more adapters while it runs (the Train tab's), follows grammars (llguidance), and batches concurrent requests.
-It is stopped with the app: at exit, and by the kernel if the app dies (PR_SET_PDEATHSIG).
+It is stopped with the app: at exit, and by itself if the app dies (vllm_site/sitecustomize.py).
 
     VOXQL_VLLM_VENV   the venv (default ~/.cache/voxql/vllm-venv, where the install script puts it)
     VOXQL_VLLM_PORT   the port of the local server (default: a free one)
@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import ctypes
 import json
 import logging
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import time
@@ -100,12 +98,6 @@ def server_arguments(model_spec: str, adapter_path: str | None, port: int) -> li
     return args + shlex.split(os.environ.get("VOXQL_VLLM_ARGS", ""))
 
 
-def _die_with_parent() -> None:
-    """In the server's process, before exec: the kernel sends it SIGTERM when the app's process ends."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class VLLMServer:
     """One local vLLM server process: started, waited for, stopped."""
 
@@ -119,12 +111,13 @@ class VLLMServer:
         self.device = "cuda" if _cuda_capability() else "cpu"
         self.dtype = arguments[arguments.index("--dtype") + 1] if "--dtype" in arguments else "auto"
         env = {**os.environ, "PYTHONPATH": str(SITE_DIR), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
+               "VOXQL_APP_PID": str(os.getpid()),  # vllm_site/sitecustomize.py: end with the app
                "VOXQL_LLGUIDANCE_MAX_ITEMS_IN_ROW": str(MAX_ITEMS_IN_ROW),
                "VOXQL_LLGUIDANCE_STEP_MAX_ITEMS": str(STEP_MAX_ITEMS)}
         log.info("starting vLLM: %s (log: %s)", shlex.join(command), self.log_path)
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                            stdin=subprocess.DEVNULL)
         atexit.register(self.stop)
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
