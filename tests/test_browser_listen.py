@@ -67,7 +67,9 @@ def first_words(reference: str):
     return lambda text: first_words_right(reference, text)
 
 
-def check(recording, spoken, record_property, name: str) -> dict:
+def check(recording, spoken, record_property, name: str, live_words: bool = True) -> dict:
+    """`live_words`: the first right words must show before Stop (not asked of four people on two cores,
+    where recognition falls behind real time: they must lose nothing and end right)."""
     from pipelines.speech.metrics import wer
 
     speech_at = spoken["speech_start_s"]
@@ -101,7 +103,8 @@ def check(recording, spoken, record_property, name: str) -> dict:
     assert recording.page and recording.page["failed"] == [] and recording.page["ended"] == "ok", recording.page
     assert recording.received_s == pytest.approx(recording.recorded_by_browser_s, abs=0.011)
     # words while recording: the first right words showed before Stop was pressed
-    assert first is not None and first < recording.recorded_s, recording.timeline
+    if live_words:
+        assert first is not None and first < recording.recorded_s, recording.timeline
     assert measured["wer"] <= MAX_WER, recording.final_text
     # and against the clicks: what the server took in is the time between Record and Stop, less the start-up
     assert recording.recorded_s - START_SLACK_S <= recording.received_s <= recording.recorded_s + 0.25
@@ -130,10 +133,11 @@ def test_people_recording_at_once(chromium, listen_url, spoken, record_property,
     (they may lag behind real time: two cores share one recogniser)."""
     contexts = [chromium.new_context(permissions=["microphone"]) for _ in range(people)]
     pages = [open_listen_tab(context, listen_url) for context in contexts]
-    recordings = record_together(pages, 1.0, spoken["seconds"] + 0.5, done_when=first_words(spoken["text"]),
-                                 extra_s=10.0)
+    live_words = people <= 2
+    recordings = record_together(pages, 1.0, spoken["seconds"] + 0.5,
+                                 done_when=first_words(spoken["text"]) if live_words else None, extra_s=10.0)
     for index, recording in enumerate(recordings):
-        check(recording, spoken, record_property, f"{people}_users_{index}")
+        check(recording, spoken, record_property, f"{people}_users_{index}", live_words=live_words)
     for context in contexts:
         context.close()
 
