@@ -68,6 +68,15 @@ def _lora_rank(adapter_path: str | None) -> int:
     return 1 << (rank - 1).bit_length()  # vLLM takes powers of two
 
 
+def _on_hub_or_cached(repo: str) -> bool:
+    """Whether vLLM can get `repo`: always online; offline only from the local Hugging Face cache."""
+    if os.environ.get("HF_HUB_OFFLINE") != "1":
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+
+
 def _cuda_capability() -> tuple[int, int] | None:
     import torch
 
@@ -92,7 +101,7 @@ def server_arguments(model_spec: str, adapter_path: str | None, port: int) -> li
         # bf16 where the CPU has bf16 instructions; a small fixed KV cache instead of a share of all memory
         dtype = "bfloat16" if cpu_has_bf16() else "float32"
         args += ["--dtype", dtype, "--max-model-len", "4096", "--kv-cache-memory-bytes", str(512 * 1024 ** 2)]
-    elif model_spec in GPU_SPECULATORS:
+    elif model_spec in GPU_SPECULATORS and _on_hub_or_cached(GPU_SPECULATORS[model_spec]):
         speculator = {"method": "eagle3", "model": GPU_SPECULATORS[model_spec], "num_speculative_tokens": 3}
         args += ["--speculative-config", json.dumps(speculator)]
     return args + shlex.split(os.environ.get("VOXQL_VLLM_ARGS", ""))
