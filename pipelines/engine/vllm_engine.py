@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from pipelines.engine.base import SamplingParams
 from pipelines.engine.grammar import MAX_ITEMS_IN_ROW, STEP_MAX_ITEMS
 from pipelines.engine.loading import cpu_has_bf16, resolve_model_path
 from pipelines.engine.openai_engine import DEFAULT_ADAPTER_NAME, OpenAIEngine
@@ -177,6 +178,9 @@ class VLLMEngine(OpenAIEngine):
             raise
         if self.server:  # a server of ours: say where it runs, as the transformers engine does
             self.info = dataclasses.replace(self.info, device=self.server.device, dtype=self.server.dtype)
+            # The first request of a fresh server pays for its warm-up (about 15 s on 2 CPU cores): here, at
+            # start, rather than in the first user's answer.
+            self.generate([[{"role": "user", "content": "Hello"}]], SamplingParams(max_new_tokens=1))
 
     def close(self) -> None:
         if self.server:
