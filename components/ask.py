@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import html
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,10 @@ BASE = "base"  # adapter picker value for "no adapter"
 DEFAULT = "default"  # the engine's name for the profile's adapter
 PASTED = "pasted schema"
 HISTORY_COLUMNS = ["time", "database", "question", "sql", "rows", "status", "total ms"]
+NO_RESULT = pd.DataFrame(columns=["no result yet"])  # an empty frame would show Gradio's default headers "1 2 3"
+
+# Sessions with a question being answered, and that question: a second one is queued and says so (see ask_note).
+_ANSWERING: dict[str, str] = {}
 
 
 @dataclass
@@ -71,10 +76,16 @@ def _plain(value):
     return float(value) if isinstance(value, decimal.Decimal) else value
 
 
+def _column_title(name: str) -> str:
+    return "count(*)" if name == "count_star()" else name  # DuckDB's name for an unaliased count(*)
+
+
 def results_frame(columns: list[str], rows: list[list]) -> pd.DataFrame:
+    if not columns:
+        return NO_RESULT
     seen: dict[str, int] = {}
     unique = []
-    for name in columns:  # `SELECT count(*), count(*)` gives two columns of one name
+    for name in map(_column_title, columns):  # `SELECT count(*), count(*)` gives two columns of one name
         seen[name] = seen.get(name, 0) + 1
         unique.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
     return pd.DataFrame([[_plain(v) for v in row] for row in rows], columns=unique)
@@ -109,10 +120,28 @@ def _charts(answer: Answer):
     if spec is None:
         return gr.BarPlot(visible=False), gr.LinePlot(visible=False)
     frame = results_frame(answer.columns, answer.rows)
-    plot = dict(value=frame, x=spec.x, y=spec.y, visible=True, title=f"{spec.y} by {spec.x}")
+    x, y = _column_title(spec.x), _column_title(spec.y)
+    plot = dict(value=frame, x=x, y=y, visible=True, title=f"{y} by {x}")
     if spec.kind == "line":
         return gr.BarPlot(visible=False), gr.LinePlot(**plot)
-    return gr.BarPlot(**plot), gr.LinePlot(visible=False)
+    lowest = pd.to_numeric(frame[y], errors="coerce").min()
+    # Bars start at zero (Vega would start the axis near the smallest bar, which then all but vanishes).
+    return gr.BarPlot(**plot, y_lim=[min(0.0, float(lowest)) if pd.notna(lowest) else 0.0, None]), gr.LinePlot(visible=False)
+
+
+def cleared_answer() -> tuple:
+    """(sql, status, results, bar, line, timings, attempts) with nothing in them: no old answer under a new
+    question or database."""
+    return "", "", NO_RESULT, gr.BarPlot(visible=False), gr.LinePlot(visible=False), "", ""
+
+
+def ask_note(text: str, request: gr.Request):
+    """Said at once when a question is sent while this session's previous one is still being answered: the new
+    one waits (the ask event runs `always_last`) and runs next, so it is never dropped silently."""
+    running = _ANSWERING.get(request.session_hash) if request else None
+    if running is None or not (text or "").strip():
+        return gr.skip()
+    return f"Queued: “{text.strip()}” runs as soon as the answer to “{running}” is done."
 
 
 def _attempts(answer: Answer) -> str:
@@ -154,9 +183,11 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
             db_picker = gr.Dropdown(list(demos), value=first, label="Database", elem_id="db-picker")
             db_info = gr.Markdown(demos[first].description)
             upload = gr.File(label="Upload CSV, Parquet, SQLite or DuckDB", elem_id="upload")
+            upload_status = gr.Markdown(elem_id="upload-status")
             with gr.Accordion("Paste a schema (CREATE TABLE …): generate and check without running", open=False):
                 ddl_box = gr.Textbox(lines=6, label="DDL", placeholder="CREATE TABLE orders (id INTEGER, total DECIMAL(10,2));")
-                use_ddl = gr.Button("Use this schema", size="sm")
+                use_ddl = gr.Button("Use this schema", size="sm", elem_id="use-ddl")
+                ddl_status = gr.Markdown(elem_id="ddl-status")
             schema_view = gr.Code(_database(first, {}, demos).schema.to_ddl(), language="sql", interactive=False,
                                   label="Schema (the model also sees value hints under it, when they are on)",
                                   elem_id="schema", max_lines=18)
@@ -165,22 +196,24 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
                                   elem_id="question", lines=1, max_lines=3)
             examples = gr.Dataset(components=[question], samples=[[q] for q in demos[first].examples],
                                   sample_labels=example_labels(first, demos[first].examples, profile.name),
-                                  label="Examples", elem_id="examples")
-            with gr.Row():
-                ask = gr.Button("Ask", variant="primary", elem_id="ask")
-                compare = gr.Button("Compare base vs adapter", elem_id="compare")
+                                  label="Examples", elem_id="examples", visible=bool(demos[first].examples))
+            queue_note = gr.Markdown(elem_id="ask-queued")
+            with gr.Row(equal_height=True):
+                ask = gr.Button("Ask", variant="primary", elem_id="ask", scale=1, min_width=100)
+                compare = gr.Button("Compare base vs adapter", elem_id="compare", scale=1, min_width=180)
                 adapter_picker = gr.Dropdown(adapter_choices(profile), value=DEFAULT if profile.sql_adapter else BASE,
-                                             label="Adapter", elem_id="adapter-picker", scale=1)
+                                             label="Adapter", elem_id="adapter-picker", scale=2, min_width=260)
             with gr.Row():
                 constrain = gr.Checkbox(True, label="Constrain to the schema (grammar)", elem_id="constrain",
                                         info="only SQL that parses and uses columns of the tables in its FROM")
                 value_hints = gr.Checkbox(True, label="Show the model column values", elem_id="value-hints",
                                           info="frequent values, and values the question names")
-            sql = gr.Code(language="sql", label="SQL (edit it and press Run SQL)", interactive=True, elem_id="sql")
+            sql = gr.Code(language="sql", label="SQL (edit it and press Run SQL)", interactive=True, elem_id="sql",
+                          wrap_lines=True)
             with gr.Row():
                 run_button = gr.Button("Run SQL", elem_id="run-sql", size="sm")
                 status = gr.Markdown(elem_id="status")
-            results = gr.Dataframe(pd.DataFrame(), label="Result", interactive=False, elem_id="results",
+            results = gr.Dataframe(NO_RESULT, label="Result", interactive=False, elem_id="results",
                                    max_height=360)
             with gr.Group(elem_id="chart"):
                 bar = gr.BarPlot(visible=False, elem_id="chart-bar")
@@ -191,12 +224,12 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
         with gr.Row():
             with gr.Column():
                 gr.Markdown("**Base model**")
-                base_sql = gr.Code(language="sql", interactive=False, elem_id="compare-base-sql")
+                base_sql = gr.Code(language="sql", interactive=False, elem_id="compare-base-sql", wrap_lines=True)
                 base_status = gr.Markdown()
                 base_results = gr.Dataframe(interactive=False, max_height=240)
             with gr.Column():
                 gr.Markdown("**With adapter**")
-                tuned_sql = gr.Code(language="sql", interactive=False, elem_id="compare-adapter-sql")
+                tuned_sql = gr.Code(language="sql", interactive=False, elem_id="compare-adapter-sql", wrap_lines=True)
                 tuned_status = gr.Markdown()
                 tuned_results = gr.Dataframe(interactive=False, max_height=240)
     with gr.Accordion("History (this session)", open=False):
@@ -204,10 +237,11 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
 
     # -- handlers ---------------------------------------------------------------------------------------------
     answer_outputs = [sql, status, results, bar, line, timings, history, history_view, model_status, attempts]
+    cleared_outputs = [sql, status, results, bar, line, timings, attempts]
 
-    def finished(answer: Answer, past: list, engine=None) -> tuple:
+    def finished(answer: Answer, past: list, engine=None, adapter_choice: str | None = None) -> tuple:
         past = [*past, _history_row(answer)]
-        info = sql_model_markdown(profile, engine.info) if engine else gr.skip()
+        info = sql_model_markdown(profile, engine.info, adapter=adapter_choice) if engine else gr.skip()
         return (answer.sql or "", _status(answer), results_frame(answer.columns, answer.rows), *_charts(answer),
                 _timings(answer), past, pd.DataFrame(past, columns=HISTORY_COLUMNS), info, _attempts(answer))
 
@@ -218,19 +252,36 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
         try:
             database = _database(key, state, demos)
         except VoxQLError as error:
-            return gr.skip(), error_markdown(str(error)), gr.skip()
+            return gr.skip(), error_markdown(str(error)), gr.skip(), *[gr.skip()] * len(cleared_outputs)
         demo = demos.get(key)
         description = demo.description if demo else (
             "Pasted schema: queries are generated and checked, not run." if key == PASTED else "Your upload (this session only).")
         samples = [[q] for q in demo.examples] if demo else []
         labels = example_labels(key, demo.examples, profile.name) if demo else None  # marks known-wrong examples
-        return database.schema.to_ddl(), description, gr.Dataset(samples=samples, sample_labels=labels)
+        examples_update = gr.Dataset(samples=samples, sample_labels=labels, visible=bool(samples))
+        return database.schema.to_ddl(), description, examples_update, *cleared_answer()
 
     def ask_question(text: str, key: str, adapter_choice: str, constrained: bool, hinted: bool, state: dict,
-                     past: list):
+                     past: list, request: gr.Request):
         if not text or not text.strip():
-            yield failed("type a question first")
+            yield (*failed("type a question first"), "")
             return
+        session_key = request.session_hash if request else None
+        if session_key:
+            _ANSWERING[session_key] = text.strip()
+        try:
+            yield (*_answer_of(cleared_answer()), "")  # the previous answer goes before the new one starts
+            yield from (
+                (*values, gr.skip()) for values in _answer_stream(text, key, adapter_choice, constrained, hinted, state, past))
+        finally:
+            _ANSWERING.pop(session_key, None)
+
+    def _answer_of(cleared: tuple) -> tuple:
+        """cleared_answer() spread over answer_outputs (history and the model line kept)."""
+        sql_, status_, results_, bar_, line_, timings_, attempts_ = cleared
+        return sql_, status_, results_, bar_, line_, timings_, gr.skip(), gr.skip(), gr.skip(), attempts_
+
+    def _answer_stream(text, key, adapter_choice, constrained, hinted, state, past):
         try:
             database = _database(key, state, demos)
             if loaded_engine(profile.sql_model, profile.sql_adapter) is None:
@@ -244,7 +295,7 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
                     note = f"Generating (attempt {event.attempt})…" if event.stage == "generating" else "Running…"
                     yield (shown, note, *[gr.skip()] * 8)
                 else:
-                    yield finished(event, past, engine)
+                    yield finished(event, past, engine, adapter_choice)
         except VoxQLError as error:
             yield failed(str(error))
 
@@ -283,17 +334,24 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
             yield problem(str(error))
 
     def upload_file(file: str | None, state: dict):
+        """(database picker, upload box, message under it, session): the picker switches to the upload, which
+        clears the previous answer; a refused file leaves the box so the next one can be dropped."""
         if not file:
-            return gr.skip(), gr.skip(), state
+            return gr.skip(), gr.skip(), "", state
+        state = dict(state)
+        new_dir = "dir" not in state  # one folder per session, made by its first upload that works
+        folder = state["dir"] if not new_dir else str(new_session_dir())
         try:
-            state = dict(state)
-            state.setdefault("dir", str(new_session_dir()))
-            path = import_upload(file, state["dir"])
-            name = Path(file).stem
-            state["uploads"] = {**state.get("uploads", {}), name: str(path)}
-            return gr.Dropdown(choices=_choices(demos, state), value=name), "", state
+            path = import_upload(file, folder)
         except VoxQLError as error:
-            return gr.skip(), error_markdown(str(error)), state
+            if new_dir:
+                remove_session_dir(folder)
+            return gr.skip(), None, error_markdown(str(error)), state
+        name = Path(file).stem
+        state["dir"] = folder
+        state["uploads"] = {**state.get("uploads", {}), name: str(path)}
+        return (gr.Dropdown(choices=_choices(demos, state), value=name), None,
+                f"Uploaded **{html.escape(Path(file).name)}** as database `{name}`.", state)
 
     def use_pasted_schema(ddl: str, state: dict):
         try:
@@ -303,24 +361,36 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
         state = {**state, "ddl": ddl}
         return gr.Dropdown(choices=_choices(demos, state), value=PASTED), "", state
 
-    def refresh_model_status():
+    def refresh_model_status(adapter_choice: str):
         engine = loaded_engine(profile.sql_model, profile.sql_adapter)
         error = load_error(profile.sql_model, profile.sql_adapter)
         done = engine is not None or error is not None
-        return sql_model_markdown(profile, engine.info if engine else None, error), gr.Timer(active=not done)
+        line_ = sql_model_markdown(profile, engine.info if engine else None, error, adapter=adapter_choice)
+        return line_, gr.Timer(active=not done)
 
-    status_timer.tick(refresh_model_status, None, [model_status, status_timer], api_visibility="private",
+    def model_line_for(adapter_choice: str):
+        engine = loaded_engine(profile.sql_model, profile.sql_adapter)
+        error = load_error(profile.sql_model, profile.sql_adapter)
+        return sql_model_markdown(profile, engine.info if engine else None, error, adapter=adapter_choice)
+
+    status_timer.tick(refresh_model_status, adapter_picker, [model_status, status_timer], api_visibility="private",
                       show_progress="hidden")
+    adapter_picker.change(model_line_for, adapter_picker, model_status, api_visibility="private",
+                          show_progress="hidden")
     model_events = dict(concurrency_id="sql-model", concurrency_limit=4)
+    # A question sent while one runs waits for it (always_last) and the note above the buttons says so at once.
+    gr.on([question.submit, ask.click], ask_note, question, queue_note, queue=False, trigger_mode="multiple",
+          api_visibility="private", show_progress="hidden")
     gr.on([question.submit, ask.click], ask_question,
           [question, db_picker, adapter_picker, constrain, value_hints, session, history],
-          answer_outputs, api_name="ask", **model_events)
+          [*answer_outputs, queue_note], api_name="ask", trigger_mode="always_last", **model_events)
     run_button.click(run_typed_sql, [sql, db_picker, session, history], answer_outputs, api_name="run_sql")
     compare.click(compare_answers, [question, db_picker, adapter_picker, constrain, value_hints, session],
                   [compare_box, base_sql, base_status, base_results, tuned_sql, tuned_status, tuned_results],
                   api_name="compare", **model_events)
-    db_picker.change(pick_database, [db_picker, session], [schema_view, db_info, examples], api_name="pick_database")
+    db_picker.change(pick_database, [db_picker, session], [schema_view, db_info, examples, *cleared_outputs],
+                     api_name="pick_database")
     examples.click(lambda sample: sample[0], examples, question, api_visibility="private")
-    upload.upload(upload_file, [upload, session], [db_picker, status, session], api_name="upload")
-    use_ddl.click(use_pasted_schema, [ddl_box, session], [db_picker, status, session], api_name="use_schema")
+    upload.upload(upload_file, [upload, session], [db_picker, upload, upload_status, session], api_name="upload")
+    use_ddl.click(use_pasted_schema, [ddl_box, session], [db_picker, ddl_status, session], api_name="use_schema")
     return AskTab(question=question, adapter_picker=adapter_picker)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from pathlib import Path
 
 from pipelines.engine import EngineInfo
 from pipelines.engine.loading import display_name
@@ -13,16 +14,26 @@ def error_markdown(message: str) -> str:
     return f"**Error:** {html.escape(message)}"
 
 
-def sql_model_markdown(profile: Profile, info: EngineInfo | None, load_error: str | None = None) -> str:
-    """One line: which model, adapter, engine and device answer questions."""
+def short_name(spec: str | None) -> str:
+    """An adapter's name as people say it: the last part of its path or Hub id, never a server folder."""
+    return Path(str(spec).rstrip("/")).name if spec else "none"
+
+
+def sql_model_markdown(profile: Profile, info: EngineInfo | None, load_error: str | None = None,
+                       adapter: str | None = None) -> str:
+    """One line: which model, adapter, engine and device answer questions.
+
+    `adapter` is the Adapter picker's value: "base" for none, a loaded adapter's name, or None for the default.
+    """
     if load_error:
         return f"**Model:** {display_name(profile.sql_model)} · not available: {html.escape(load_error)}"
     if info is None:
-        adapter = profile.sql_adapter or "none"
-        return f"**Model:** {display_name(profile.sql_model)} · adapter: {adapter} · profile `{profile.name}` · loading…"
-    default = info.adapters.get(info.default_adapter) if info.default_adapter else None
-    adapter = default or "none (base model only)"
+        return (f"**Model:** {display_name(profile.sql_model)} · adapter: {short_name(profile.sql_adapter)} · "
+                f"profile `{profile.name}` · loading…")
+    name = info.default_adapter if adapter in (None, "default") else adapter
+    spec = info.adapters.get(name) if name and name != "base" else None
+    shown = short_name(spec) if spec else "none (base model only)"
     return (
-        f"**Model:** {info.model} · **adapter:** {adapter} · **engine:** {info.engine} · "
+        f"**Model:** {short_name(info.model)} · **adapter:** {html.escape(shown)} · **engine:** {info.engine} · "
         f"**device:** {info.device} ({info.dtype}) · profile `{profile.name}`"
     )

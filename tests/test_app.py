@@ -1,5 +1,8 @@
 """The real Gradio app, launched on localhost and driven through gradio_client."""
 
+import tempfile
+from pathlib import Path
+
 import pytest
 from gradio_client import Client
 
@@ -25,7 +28,7 @@ def client(profile):
 
 
 def test_question_to_table_end_to_end(client):
-    sql, status, results, bar, line, timings, history, model_status, attempts = client.predict(
+    sql, status, results, bar, line, timings, history, model_status, attempts, _queued = client.predict(
         TAUGHT_QUESTION, "shop", "default", True, True, api_name="/ask")
     assert sql.lower() == "select count(*) as customers from customers"
     assert status == "1 row(s)."
@@ -33,6 +36,7 @@ def test_question_to_table_end_to_end(client):
     assert "first token" in timings and "attempts 1" in timings
     assert history["data"][-1][2] == TAUGHT_QUESTION
     assert "adapter" in model_status and "cpu" in model_status
+    assert "/" not in model_status  # the adapter's short name, never its folder
 
 
 def test_base_model_failure_is_shown_plainly(client):
@@ -56,13 +60,46 @@ def test_run_sql_refuses_writes(client):
 
 def test_time_series_gets_a_line_chart(client):
     query = "SELECT date_trunc('month', created_at) AS month, sum(total) AS revenue FROM orders GROUP BY 1 ORDER BY 1"
-    *_, bar, line, _, _, _, _ = client.predict(query, "shop", api_name="/run_sql")
+    _, _, _, bar, line, *_ = client.predict(query, "shop", api_name="/run_sql")
     assert line["visible"] and line["value"]["mark"] == "line" and not bar["visible"]
 
 
 def test_database_picker_shows_schema_and_examples(client):
-    ddl, description, examples = client.predict("world_1", api_name="/pick_database")
+    ddl, description, examples, *_ = client.predict("world_1", api_name="/pick_database")
     assert "CREATE TABLE city" in ddl and "Spider" in description
+
+
+def test_switching_database_clears_the_previous_answer(client):
+    _, _, results, *_ = client.predict("SELECT count(*) FROM orders", "shop", api_name="/run_sql")
+    assert results["headers"] == ["count(*)"]  # not DuckDB's `count_star()`
+    _, _, _, sql, status, results, bar, line, timings, attempts = client.predict(
+        "concert_singer", api_name="/pick_database")
+    assert (sql, status, timings, attempts) == ("", "", "", "")
+    assert results["headers"] == ["no result yet"] and results["data"] in ([], [[""]])
+    assert not bar["visible"] and not line["visible"]
+
+
+def test_bar_charts_start_at_zero(client):
+    query = "SELECT * FROM (VALUES ('a', 100), ('b', 90)) t(name, n)"
+    _, _, _, bar, *_ = client.predict(query, "shop", api_name="/run_sql")
+    assert bar["visible"] and bar["y_lim"] == [0.0, None]
+
+
+def test_a_refused_upload_leaves_no_folder_and_no_server_path(client, tmp_path):
+    from gradio_client import handle_file
+
+    from pipelines.sql.uploads import SESSION_PREFIX
+
+    def session_folders():
+        return {p.name for p in Path(tempfile.gettempdir()).glob(f"{SESSION_PREFIX}*")}
+
+    before = session_folders()
+    corrupt = tmp_path / "broken.parquet"
+    corrupt.write_bytes(b"PAR1" + b"\0" * 64)
+    picker, box, message = client.predict(handle_file(str(corrupt)), api_name="/upload")
+    assert message.startswith("**Error:**") and box is None
+    assert "/tmp" not in message and str(tmp_path) not in message
+    assert session_folders() == before
 
 
 def test_compare_streams_base_and_adapter(client):

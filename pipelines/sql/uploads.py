@@ -125,10 +125,21 @@ def import_upload(path: str | Path, session_dir: str | Path) -> Path:
         _convert_in_child(kind, path, partial)
         _check_result(partial)
         partial.replace(target)
+    except BadInput as error:  # readers name the files they read: the user sees the file's name, not our folders
+        raise BadInput(without_paths(str(error))) from None
     finally:
         partial.unlink(missing_ok=True)
         partial.with_name(partial.name + ".wal").unlink(missing_ok=True)
     return target
+
+
+# Two or more /segments after a space, quote or bracket (not "a/b"); a name with spaces keeps its tail anyway.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w/])(?:[A-Za-z]:)?(?:[/\\][\w.\-+@%~]+){2,}")
+
+
+def without_paths(message: str) -> str:
+    """`message` with every absolute path cut to its last part, so no server folder is shown to a user."""
+    return _ABSOLUTE_PATH.sub(lambda match: re.split(r"[/\\]", match.group(0))[-1], message)
 
 
 def _free_name(folder: Path, stem: str) -> Path:

@@ -1,0 +1,37 @@
+"""Ask tab handlers called directly: what a second question, a model line and a result frame show."""
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from components import ask
+from components.common import sql_model_markdown
+from pipelines.engine import EngineInfo
+from pipelines.profiles import resolve_profile
+
+
+def test_a_second_question_while_one_runs_is_queued_with_a_note(monkeypatch):
+    request = SimpleNamespace(session_hash="s1")
+    assert isinstance(ask.ask_note("How many singers?", request), type(gr.skip()))  # nothing running: no note
+    monkeypatch.setitem(ask._ANSWERING, "s1", "How many singers?")
+    note = ask.ask_note("Average age?", request)
+    assert note.startswith("Queued:") and "Average age?" in note and "How many singers?" in note
+    assert isinstance(ask.ask_note("Average age?", SimpleNamespace(session_hash="other")), type(gr.skip()))
+
+
+def test_empty_results_and_duckdb_names_read_plainly():
+    assert list(ask.results_frame([], []).columns) == ["no result yet"]
+    frame = ask.results_frame(["count_star()", "count_star()"], [[1, 2]])
+    assert list(frame.columns) == ["count(*)", "count(*)_2"]
+
+
+def test_model_line_names_the_picked_adapter_by_its_short_name():
+    profile = resolve_profile("cpu")
+    info = EngineInfo(model="/cache/models/tiny", adapters={"default": "/cache/adapters/spider-lora",
+                                                            "mine": "/tmp/runs/run-7/adapter"},
+                      default_adapter="default", engine="transformers 5.x + PEFT", device="cpu", dtype="float32")
+    line = sql_model_markdown(profile, info)
+    assert "spider-lora" in line and "transformers 5.x + PEFT" in line and "/cache" not in line
+    mine = sql_model_markdown(profile, info, adapter="mine")
+    assert "adapter" in mine and "/tmp" not in mine
+    assert "none (base model only)" in sql_model_markdown(profile, info, adapter="base")
