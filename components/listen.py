@@ -29,9 +29,9 @@ from pipelines.speech.audio import max_seconds
 from pipelines.speech.session import ListenSession, LiveStatus
 from pipelines.speech.transport import MicRecording, TransportError, TransportStats
 from pipelines.speech.tags import CATEGORY, TAG_PATTERN, normalize_tag
-from pipelines.speech.transcribe import (NO_ADAPTER, TAGS_NEED_VOXTRAL, SpeechEngine, Transcript, get_speech_engine,
+from pipelines.speech.transcribe import (SpeechEngine, Transcript, expected_tag_note, get_speech_engine,
                                          loaded_speech_engine, transcribe_file)
-from pipelines.speech.whisper_asr import display_name, is_whisper_spec
+from pipelines.speech.whisper_asr import display_name
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,6 @@ def highlight(merged: str) -> list[tuple[str, str | None]]:
     if position < len(merged):
         spans.append((merged[position:], None))
     return spans
-
-
-def expected_tag_note(profile: Profile) -> str | None:
-    """Why this profile can have no tag channel, known before any model loads."""
-    if is_whisper_spec(profile.asr_model):
-        return TAGS_NEED_VOXTRAL
-    return None if profile.tag_adapter else NO_ADAPTER
 
 
 def engine_markdown(profile: Profile, engine: SpeechEngine | None, error: str | None = None) -> str:

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "pipelines.sql.examples",
     "pipelines.speech.cli",
     "pipelines.training.cli",
+    "pipelines.training.tags_cli",
     "pipelines.engine.bench",
 ]
 

@@ -22,6 +22,9 @@ ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 # `python -m pipelines train-sql` and shipped in assets/.
 # The cpu profile uses it when the folder holds an adapter (a checkout without it runs the base model alone).
 CPU_SQL_ADAPTER_DIR = ASSETS_DIR / "adapters" / "smollm2-135m-sql-duckdb-lora"
+# The project's own tags LoRA for Whisper tiny.en (SFT + RAFT on the synthetic corpus of `make-tag-data`),
+# trained by `python -m pipelines train-tags`; used the same way.
+CPU_TAG_ADAPTER_DIR = ASSETS_DIR / "adapters" / "whisper-tiny-en-tags-lora"
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,8 @@ class Profile:
     sql_dialect: str | None = None
 
 
-def _cpu_sql_adapter() -> str | None:
-    return str(CPU_SQL_ADAPTER_DIR) if (CPU_SQL_ADAPTER_DIR / "adapter_config.json").exists() else None
+def _shipped(folder: Path) -> str | None:
+    return str(folder) if (folder / "adapter_config.json").exists() else None
 
 
 def builtin_profiles() -> dict[str, Profile]:
@@ -52,9 +55,9 @@ def builtin_profiles() -> dict[str, Profile]:
         "cpu": Profile(
             name="cpu",
             sql_model="embedded:smollm2",
-            sql_adapter=_cpu_sql_adapter(),
+            sql_adapter=_shipped(CPU_SQL_ADAPTER_DIR),
             asr_model="embedded:whisper-tiny.en",
-            tag_adapter=None,
+            tag_adapter=_shipped(CPU_TAG_ADAPTER_DIR),
         ),
     }
 

@@ -214,8 +214,8 @@ def test_transcribe_endpoint_through_gradio_client(app, clip):
         app.close()
 
 
-def test_cpu_profile_says_the_tag_channel_is_unavailable_before_loading():
-    from pipelines.speech.transcribe import TAGS_NEED_VOXTRAL
+def test_whisper_without_a_tag_adapter_says_the_tag_channel_is_unavailable_before_loading():
+    from pipelines.speech.transcribe import TAGS_NEED_ADAPTER
 
-    line = engine_markdown(resolve_profile("cpu", asr_model="embedded:whisper-tiny.en"), None)
-    assert "Tag channel unavailable" in line and "Voxtral tag adapter" in line and TAGS_NEED_VOXTRAL
+    line = engine_markdown(resolve_profile("cpu", asr_model="embedded:whisper-tiny.en", tag_adapter="none"), None)
+    assert "Tag channel unavailable" in line and TAGS_NEED_ADAPTER in line

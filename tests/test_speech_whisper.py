@@ -13,7 +13,7 @@ import soundfile as sf
 from pipelines.profiles import resolve_profile
 from pipelines.speech.metrics import wer
 from pipelines.speech.session import ListenSession
-from pipelines.speech.transcribe import TAGS_NEED_VOXTRAL, get_speech_engine, transcribe_file
+from pipelines.speech.transcribe import TAGS_NEED_ADAPTER, get_speech_engine, transcribe_file
 
 SENTENCE = "How many customers placed an order last month?"
 
@@ -37,7 +37,7 @@ def test_whisper_transcribes_the_spoken_question(spoken_clip, cpu_profile):
     assert result["asr_model"].startswith("Whisper tiny.en")
     assert wer(SENTENCE, result["text"]) < 0.5  # synthetic speech, tiny model: close, not exact
     assert result["tags"] == [] and result["tags_filtered"] == [] and result["merged"] == result["text"]
-    assert result["tag_channel"] == TAGS_NEED_VOXTRAL
+    assert result["tag_channel"] == TAGS_NEED_ADAPTER
     starts = [w["start"] for w in result["words"]]
     assert starts == sorted(starts) and starts[-1] < result["timings"]["audio_s"]
 
@@ -67,4 +67,4 @@ def test_whisper_live_session_from_48k_chunks(spoken_clip, cpu_profile):
     assert any(p is not None and p.text for p in partials)  # words appear while "speaking"
     final = session.finish(timeout=120)
     assert not final.partial and wer(SENTENCE, final.text) < 0.5
-    assert final.tag_channel == TAGS_NEED_VOXTRAL
+    assert final.tag_channel == TAGS_NEED_ADAPTER

@@ -58,7 +58,9 @@ def read_eval_rows(path: Path) -> list[dict]:
             continue
         try:
             row = json.loads(line)
-            audio, reference = row["audio"], row["tagged_text"]
+            audio, reference = row["audio"], row.get("reference", row.get("tagged_text"))
+            if not isinstance(reference, str):
+                raise KeyError("reference")
         except (json.JSONDecodeError, KeyError, TypeError):
             raise BadInput(f"{path.name}:{number}: expected {{\"audio\": ..., \"tagged_text\": ...}}") from None
         audio_path = Path(audio)
@@ -70,6 +72,10 @@ def read_eval_rows(path: Path) -> list[dict]:
 
 
 def cmd_eval_tags(args: argparse.Namespace) -> int:
+    if args.sft or args.raft:
+        from pipelines.training.tags_cli import compare_tags
+
+        return compare_tags(args)
     from tqdm import tqdm
 
     from pipelines.errors import VoxQLError
@@ -117,8 +123,14 @@ def register(subparsers) -> None:
     metrics.set_defaults(func=cmd_tag_metrics)
 
     evaluate = subparsers.add_parser("eval-tags", help="transcribe a JSONL set and score it against references")
-    evaluate.add_argument("--data", required=True, help='JSONL lines {"audio": path, "tagged_text": reference}')
-    evaluate.add_argument("--out", help="per-utterance rows (JSONL; default runs/eval-tags-<time>.jsonl)")
+    evaluate.add_argument("--data", required=True, help='JSONL lines {"audio": path, "reference" (or "tagged_text")}')
+    evaluate.add_argument("--out", help="per-utterance rows (JSONL; default runs/eval-tags-<time>.jsonl); with "
+                                        "--sft/--raft the whole report (JSON)")
+    table = evaluate.add_argument_group("the seed's table: Base / SFT / RAFT raw / RAFT + top-k (Whisper tags adapters)")
+    table.add_argument("--sft", help="SFT tags adapter folder")
+    table.add_argument("--raft", help="RAFT tags adapter folder")
+    table.add_argument("--limit", type=int, help="a seeded sample of N clips")
+    table.add_argument("--seed", type=int, default=0)
     add_speech_arguments(evaluate)
     evaluate.set_defaults(func=cmd_eval_tags)
 

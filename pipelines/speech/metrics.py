@@ -88,3 +88,22 @@ def mean_metrics(rows: list[TagMetrics]) -> dict[str, float]:
     if not rows:
         return {key: 0.0 for key in TagMetrics.__dataclass_fields__}
     return {key: sum(getattr(row, key) for row in rows) / len(rows) for key in TagMetrics.__dataclass_fields__}
+
+
+# -- RAFT rewards ---------------------------------------------------------------------------------------------------
+REWARDS = ("seed", "over-emit")
+OVER_EMIT_PENALTY = 0.1  # per tag occurrence beyond the reference's count
+
+
+def raft_reward(reference: str, hypothesis: str, variant: str = "seed") -> float:
+    """The seed's reward 0.4(1-WER) + 0.4 F1 + 0.2(1-hallucination), WER capped at 1; `over-emit` also subtracts 0.1 per tag
+    occurrence beyond the reference's count. The seed's card notes that without such an absolute term a sample
+    that over-emits (right tag plus extras) can still win its group, so curation keeps over-emitting."""
+    if variant not in REWARDS:
+        raise ValueError(f"unknown reward {variant!r}: use one of {', '.join(REWARDS)}")
+    metrics = score(reference, hypothesis)
+    reward = 0.4 * (1 - min(1.0, metrics.wer)) + 0.4 * metrics.f1 + 0.2 * (1 - metrics.hallucination_rate)
+    if variant == "over-emit":
+        extra = sum(extract_tags(hypothesis).values()) - sum(extract_tags(reference).values())
+        reward -= OVER_EMIT_PENALTY * max(0, extra)
+    return reward

@@ -31,6 +31,17 @@ TAGS_NEED_VOXTRAL = (
     "Whisper gives the words only, so no tags are shown"
 )
 NO_ADAPTER = "no tag adapter is configured (set VOXQL_TAG_ADAPTER or use the gpu profile)"
+TAGS_NEED_ADAPTER = (
+    "no tag adapter is configured for Whisper: set VOXQL_TAG_ADAPTER to a Whisper tags LoRA (the cpu profile "
+    "ships one, made by `python -m pipelines train-tags`); Whisper gives the words only, so no tags are shown"
+)
+
+
+def expected_tag_note(profile: Profile) -> str | None:
+    """Why this profile can have no tag channel, known before any model loads; None when it has one."""
+    if profile.tag_adapter:
+        return None
+    return TAGS_NEED_ADAPTER if is_whisper_spec(profile.asr_model) else NO_ADAPTER
 
 
 @dataclass
@@ -65,6 +76,7 @@ class SpeechEngine:
     device: str
     tag_note: str | None  # why there is no tag channel; None when there is one
     memory: dict[str, float] = field(default_factory=dict)  # MB: base, adapter, two_copies (Voxtral only)
+    tag_channel: object | None = None  # Whisper only: the WhisperTagChannel (converted model + tags LoRA)
 
     @property
     def has_tags(self) -> bool:
@@ -72,11 +84,16 @@ class SpeechEngine:
 
     def channels(self, samples: np.ndarray, tags: bool) -> tuple[ChannelOutput, ChannelOutput | None]:
         if self.kind == "whisper":
-            return self.backend.channel(samples), None
+            words = self.backend.channel(samples)
+            return words, self.tag_channel.channel(samples, words.words) if tags and self.has_tags else None
         return self.backend.transcribe(samples, tags=tags and self.has_tags)
 
     def stream(self, tags: bool):
         if self.kind == "whisper":
+            if tags and self.has_tags:
+                from pipelines.speech.whisper_tags import TaggedWhisperStream
+
+                return TaggedWhisperStream(self.backend.stream(), self.tag_channel)
             return self.backend.stream()
         return self.backend.stream(tags=tags and self.has_tags)
 
@@ -90,8 +107,13 @@ def _load(profile: Profile) -> SpeechEngine:
         from pipelines.speech.whisper_asr import get_whisper
 
         backend = get_whisper(profile.asr_model)
-        return SpeechEngine("whisper", backend, whisper_display_name(profile.asr_model), None, backend.device,
-                            TAGS_NEED_VOXTRAL)
+        tag_channel = None
+        if profile.tag_adapter:
+            from pipelines.speech.whisper_tags import get_whisper_tag_channel
+
+            tag_channel = get_whisper_tag_channel(profile.tag_adapter)
+        return SpeechEngine("whisper", backend, whisper_display_name(profile.asr_model), profile.tag_adapter,
+                            backend.device, None if tag_channel else TAGS_NEED_ADAPTER, tag_channel=tag_channel)
     from pipelines.speech.voxtral import get_voxtral
 
     backend = get_voxtral(profile.asr_model, profile.tag_adapter)

@@ -21,7 +21,7 @@ TRAINING_FILE = "training.json"
 EVAL_FILES = {"base": "eval-base.json", "adapter": "eval-adapter.json"}
 
 # Embedded models' upstream Hub ids: written into adapter_config.json so that PEFT users outside VoxQL find the base.
-EMBEDDED_HUB_IDS = {"embedded:smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+EMBEDDED_HUB_IDS = {"embedded:smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct", "embedded:whisper-tiny.en": "openai/whisper-tiny.en"}
 
 
 # -- metadata files ---------------------------------------------------------------------------------------------------

@@ -235,7 +235,7 @@ class TrainResult:
         return asdict(self)
 
 
-def _make_reporter(report: ProgressCallback, cancel: threading.Event | None, started: float,
+def make_reporter(report: ProgressCallback, cancel: threading.Event | None, started: float,
                    on_checkpoint: Callable[[], None] = lambda: None):
     """A TrainerCallback that reports progress, loss and ETA, and turns `cancel` into stop-and-checkpoint."""
     from transformers import TrainerCallback
@@ -328,7 +328,7 @@ def last_checkpoint(output_dir: str | Path) -> Path | None:
     return Path(found) if found else None
 
 
-def _prepare_output(config: TrainConfig) -> tuple[TrainConfig, dict]:
+def prepare_output(config):
     """Check the output folder against the request; on resume, return the saved config (and saved state)."""
     out = Path(config.output_dir).expanduser()
     checkpoints = out / CHECKPOINTS
@@ -338,7 +338,7 @@ def _prepare_output(config: TrainConfig) -> tuple[TrainConfig, dict]:
         if checkpoint is None or not (checkpoints / RUN_FILE).is_file():
             raise BadInput(f"nothing to resume in {out}: it has no checkpoint of an unfinished run")
         saved = json.loads((checkpoints / RUN_FILE).read_text())
-        resumed = TrainConfig.from_dict({**saved["config"], "resume": True, "overwrite": False,
+        resumed = type(config).from_dict({**saved["config"], "resume": True, "overwrite": False,
                                          "threads": config.threads or saved["config"].get("threads")})
         return resumed, saved
     ours = has_adapter or checkpoints.is_dir()
@@ -360,7 +360,7 @@ def _prepare_output(config: TrainConfig) -> tuple[TrainConfig, dict]:
     return config, {}
 
 
-def _save_run(config: TrainConfig, wall_time_s: float, extra: dict) -> None:
+def save_run(config, wall_time_s: float, extra: dict) -> None:
     path = Path(config.output_dir).expanduser() / CHECKPOINTS / RUN_FILE
     path.write_text(json.dumps({"config": {**config.to_dict(), "resume": False}, "wall_time_s": wall_time_s,
                                 **extra}, indent=2))
@@ -440,7 +440,7 @@ def train_sql(config: TrainConfig, progress: ProgressCallback | None = None,
 
     started = time.perf_counter()
     report = progress or (lambda event: log.info("%s", event.message))
-    config, saved = _prepare_output(config)
+    config, saved = prepare_output(config)
     previous_wall = float(saved.get("wall_time_s", 0.0))
     out = Path(config.output_dir).expanduser()
     checkpoints = out / CHECKPOINTS
@@ -463,7 +463,7 @@ def train_sql(config: TrainConfig, progress: ProgressCallback | None = None,
     data_summary = {**data.summary(), "tokens": tokens.to_dict(), "description": data.describe()}
     report(TrainProgress("data", f"{data.describe()}; {tokens.tokens} tokens (p50 {tokens.p50}, p95 {tokens.p95}, "
                          f"max {tokens.max} per example)", elapsed_s=elapsed()))
-    _save_run(config, previous_wall, {"data": data_summary})
+    save_run(config, previous_wall, {"data": data_summary})
 
     def cancelled_before_training() -> TrainResult:
         report(TrainProgress("cancelled", "cancelled before training started", elapsed_s=elapsed()))
@@ -477,9 +477,9 @@ def train_sql(config: TrainConfig, progress: ProgressCallback | None = None,
     report(TrainProgress("model", f"loading {config.model} for {method} training on {hardware.device} "
                          f"({hardware.precision})", elapsed_s=elapsed()))
     # run.json keeps the wall time up to the last checkpoint, so a resumed run reports its whole time
-    reporter = _make_reporter(
+    reporter = make_reporter(
         report, cancel, started,
-        on_checkpoint=lambda: _save_run(config, previous_wall + elapsed(), {"data": data_summary}))
+        on_checkpoint=lambda: save_run(config, previous_wall + elapsed(), {"data": data_summary}))
     trainer = build_trainer(config, hardware, dataset, tokenizer, model_path, callbacks=[reporter])
     if cancel is not None and cancel.is_set():
         return cancelled_before_training()
@@ -530,7 +530,8 @@ def save_adapter(model, folder: Path, dtype: str = "fp32") -> None:
         raise BadInput(f"unknown save dtype {dtype!r}: use fp32, fp16 or bf16")
     state = {name: tensor.detach().to(dtypes[dtype]) for name, tensor in model.state_dict().items()
              if "lora_" in name}
-    model.save_pretrained(str(folder), state_dict=state)
+    # save_embedding_layers=False: the embeddings are not trained, and checking would look the base up online
+    model.save_pretrained(str(folder), state_dict=state, save_embedding_layers=False)
 
 
 def _str(path: Path | None) -> str | None:
