@@ -1,4 +1,5 @@
-"""CLI: `transcribe` (a file -> tagged transcript JSON), `tag-metrics`, `eval-tags` and `bench-listen`."""
+"""CLI: `transcribe` (a file -> tagged transcript JSON), `tag-metrics`, `eval-tags`, `bench-listen` and
+`make-tag-data` (a synthetic expressive-speech corpus, in `tag_data`)."""
 
 from __future__ import annotations
 
@@ -134,6 +135,7 @@ def register(subparsers) -> None:
     add_speech_arguments(evaluate)
     evaluate.set_defaults(func=cmd_eval_tags)
 
-    from pipelines.speech import bench
+    from pipelines.speech import bench, tag_data
 
     bench.register(subparsers)
+    tag_data.register(subparsers)
