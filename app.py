@@ -18,6 +18,7 @@ from components.ask import build_ask_tab
 from components.listen import build_listen_tab
 from components.mic_transport import launch_kwargs
 from components.train import build_train_tab
+from components.train_tags import build_tag_training_section
 from pipelines.engine import ENGINE_ENV, ENGINE_URL_ENV, engine_choice, get_engine
 from pipelines.errors import VoxQLError
 from pipelines.profiles import Profile, resolve_profile
@@ -46,6 +47,7 @@ def build_app(profile: Profile) -> gr.Blocks:
                 build_listen_tab(profile, ask.question, tabs)
             with gr.Tab("Train", id="train"):
                 build_train_tab(profile, ask.adapter_picker, tabs)
+                build_tag_training_section()
     demo.voxql_tabs = tabs  # for tests that drive tab switching
     return demo
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,22 @@ def count_jsonl(tmp_path_factory) -> Path:
     path.write_text("\n".join(json.dumps(row) for row in rows))
     return path
 
+
+TAG_SENTENCES = ["keep it down please", "we should leave now", "the report is ready", "call me after lunch"]
+
+
+@pytest.fixture(scope="session")
+def tag_clips(tmp_path_factory):
+    """Eight espeak-ng clips, four sentences said plainly and whispered, with references in the seed's format."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng): no clips to train on")
+    folder = tmp_path_factory.mktemp("tag-clips")
+    rows = []
+    for i, sentence in enumerate(TAG_SENTENCES):
+        for voice, prefix in (("en-us", ""), ("en-us+whisper", "[whispers] ")):
+            name = f"{voice.replace('+', '-')}-{i}.wav"
+            subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(folder / name), sentence], check=True)
+            rows.append({"audio": name, "reference": prefix + sentence})
+    data = folder / "train.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return data

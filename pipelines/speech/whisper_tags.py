@@ -112,11 +112,30 @@ def decode_with_owners(tokenizer, ids: list[int]) -> tuple[str, list[int]]:
     return stripped, owners[left:left + len(stripped)]
 
 
+class SuppressTokens:
+    """Whisper's token suppression as two precomputed masks (transformers' processor runs `torch.isin` over the
+    vocabulary at every step: a third of a CPU decode step here)."""
+
+    def __init__(self, generation_config, vocab_size: int, prompt_length: int = 2):
+        import torch
+
+        self.always = torch.zeros(vocab_size, dtype=torch.bool)
+        self.always[list(generation_config.suppress_tokens or [])] = True
+        self.at_start = self.always.clone()
+        self.at_start[list(generation_config.begin_suppress_tokens or [])] = True
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids, scores):
+        mask = self.at_start if input_ids.shape[1] == self.prompt_length else self.always
+        return scores.masked_fill(mask[:scores.shape[-1]], float("-inf"))
+
+
 class WhisperTagChannel:
     def __init__(self, adapter: str | Path):
         self.adapter = str(adapter)
         self.model, self.tokenizer, self.feature_extractor = load_whisper_with_adapter(adapter, merge=True)
         self.lock = threading.Lock()  # one decode at a time: concurrent ones only fight for the cores
+        self.suppress = SuppressTokens(self.model.generation_config, len(self.tokenizer))
 
     def sample(self, clips: list[np.ndarray], n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
                seed: int | None = None) -> list[list[Hypothesis]]:
@@ -125,14 +144,27 @@ class WhisperTagChannel:
 
         if temperature <= 0 and n != 1:
             raise ValueError("several hypotheses need temperature > 0")
+        from transformers import GenerationMixin
+        from transformers.modeling_outputs import BaseModelOutput
+
+        from pipelines.speech.whisper_hf import ENGLISH_SPECIAL_IDS
+
         features = input_features(self.feature_extractor, clips)
         options = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
             {"do_sample": False}
         with self.lock, torch.inference_mode():
             if seed is not None:
                 torch.manual_seed(seed)
-            output = self.model.generate(features, num_return_sequences=n, max_new_tokens=MAX_NEW_TOKENS,
-                                         output_scores=True, return_dict_in_generate=True, **options)
+            # The encoder runs once per clip; its output is repeated for the n samples. (Whisper's own generate
+            # repeats the audio and encodes every copy: four times the cost for RAFT's four samples.) The plain
+            # GenerationMixin applies the generation config's token suppression just the same.
+            encoded = self.model.get_encoder()(features).last_hidden_state.repeat_interleave(n, dim=0)
+            prompt = torch.tensor([[ENGLISH_SPECIAL_IDS["start"], ENGLISH_SPECIAL_IDS["no_timestamps"]]]
+                                  * encoded.shape[0])
+            output = GenerationMixin.generate(
+                self.model, encoder_outputs=BaseModelOutput(last_hidden_state=encoded), decoder_input_ids=prompt,
+                max_new_tokens=MAX_NEW_TOKENS, output_scores=True, return_dict_in_generate=True,
+                suppress_tokens=None, begin_suppress_tokens=None, logits_processor=[self.suppress], **options)
             # Log-probabilities of the chosen tokens under the distribution they were drawn from.
             scores = self.model.compute_transition_scores(output.sequences, output.scores, normalize_logits=True)
         prompt = output.sequences.shape[1] - scores.shape[1]

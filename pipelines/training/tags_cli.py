@@ -19,7 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
-from pipelines.training.cli import _command_line, _install_cancel_handlers, _restore_handlers
+from pipelines.training.cli import _install_cancel_handlers, _restore_handlers
 
 # Fields with their own flags (or none): the rest become --kebab-case flags.
 OWN_FLAGS = {"method", "data", "output_dir", "init_adapter", "resume", "overwrite"}
@@ -51,7 +51,7 @@ def cmd_train_tags(args: argparse.Namespace) -> int:
 
     previous = _install_cancel_handlers(cancel)
     try:
-        result = train_tags(config, progress, cancel, command=_command_line())
+        result = train_tags(config, progress, cancel, command=args.command_line)
     finally:
         _restore_handlers(previous)
     summary = {key: value for key, value in result.to_dict().items() if key not in {"loss_history"}}
@@ -76,7 +76,7 @@ def compare_tags(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(rows), desc="eval-tags", unit="clip", file=sys.stderr, disable=None)
     report = evaluate_tag_systems(rows, systems, lambda done, total: bar.update(done - bar.n))
     bar.close()
-    report = {**provenance(_command_line()), "data": str(Path(args.data)), **report}
+    report = {**provenance(args.command_line), "data": str(Path(args.data)), **report}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False))

@@ -1,0 +1,111 @@
+"""The Whisper tags LoRA end to end on espeak-ng clips: SFT learns to write `[whispers]` for whispered speech and
+nothing for plain speech, RAFT samples/scores/curates and continues it, cancel keeps a checkpoint that resume
+finishes, the Listen pipeline serves the adapter, and eval-tags prints the seed's table."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from pipelines.speech.metrics import raft_reward
+
+@pytest.fixture(scope="module")
+def sft_adapter(tag_clips, tmp_path_factory):
+    from pipelines.training.tags_train import tag_config, train_tags
+
+    out = tmp_path_factory.mktemp("tags") / "sft"
+    result = train_tags(tag_config("sft", str(tag_clips), str(out), max_steps=20, batch_size=4, learning_rate=3e-3))
+    assert result.completed and result.steps == 20 and result.final_loss < result.loss_history[0]["loss"]
+    return out
+
+
+def test_reward_is_the_seeds_formula_and_the_variant_penalises_over_emitting():
+    assert raft_reward("[whispers] keep it down", "[whispers] keep it down") == pytest.approx(1.0)
+    # right words, no tag: 0.4 + 0 (F1) + 0.2 (nothing hallucinated)
+    assert raft_reward("[whispers] keep it down", "keep it down") == pytest.approx(0.6)
+    over = "[whispers] [sighs] [laughs] keep it down"
+    assert raft_reward("[whispers] keep it down", over, "over-emit") == pytest.approx(
+        raft_reward("[whispers] keep it down", over) - 0.2)
+    with pytest.raises(ValueError):
+        raft_reward("a", "a", "nope")
+
+
+def test_sft_learns_whispered_from_plain(sft_adapter, tag_clips):
+    from pipelines.speech.whisper_tags import WhisperTagChannel
+    from pipelines.training.tags_train import load_tag_examples, read_clip
+
+    channel = WhisperTagChannel(sft_adapter)
+    examples = load_tag_examples(tag_clips)
+    texts = [group[0].text for group in channel.sample([read_clip(e.audio) for e in examples])]
+    for example, text in zip(examples, texts):
+        assert text.startswith("[whispers]") == example.reference.startswith("[whispers]"), (example, text)
+    card = json.loads((sft_adapter / "training.json").read_text())
+    assert card["config"]["method"] == "sft" and card["status"] == "completed"
+
+
+def test_raft_samples_scores_curates_and_continues_the_adapter(sft_adapter, tag_clips, tmp_path):
+    from pipelines.training.tags_train import tag_config, train_tags
+
+    out = tmp_path / "raft"
+    result = train_tags(tag_config("raft", str(tag_clips), str(out), init_adapter=str(sft_adapter), samples=2,
+                                   batch_size=4, drop_fraction=0.25))
+    assert result.completed and (out / "adapter_model.safetensors").is_file()
+    raft = json.loads((out / "raft.json").read_text())
+    assert raft["clips"] == 8 and raft["reward_all"]["n"] == 16 and raft["kept"] == 6 and raft["dropped"] == 2
+    assert 0 <= raft["reward_kept"]["p10"] <= raft["reward_kept"]["mean"] <= 1
+    assert raft["reward_kept"]["mean"] >= raft["reward_best"]["mean"] >= raft["reward_all"]["mean"]
+    assert result.data["trained_on"] == 6 and result.config["learning_rate"] == 1e-4  # the RAFT default
+
+
+def test_raft_needs_an_sft_adapter(tag_clips, tmp_path):
+    from pipelines.errors import BadInput
+    from pipelines.training.tags_train import tag_config
+
+    with pytest.raises(BadInput, match="--from"):
+        tag_config("raft", str(tag_clips), str(tmp_path / "x"))
+
+
+def test_cancel_keeps_a_checkpoint_and_resume_finishes(tag_clips, tmp_path):
+    from pipelines.training.tags_train import TagTrainConfig, tag_config, train_tags
+
+    out = tmp_path / "cancelled"
+    cancel = threading.Event()
+
+    def progress(event):
+        if event.step >= 2:
+            cancel.set()
+
+    first = train_tags(tag_config("sft", str(tag_clips), str(out), max_steps=6, batch_size=4, save_steps=50),
+                       progress, cancel)
+    assert first.status == "cancelled" and first.checkpoint and 2 <= first.steps < 6
+    resumed = train_tags(TagTrainConfig(method="sft", data="", output_dir=str(out), resume=True))
+    assert resumed.completed and resumed.steps == 6 and (out / "adapter_config.json").is_file()
+
+
+def test_the_listen_pipeline_serves_the_adapter(sft_adapter, tag_clips):
+    from pipelines.profiles import resolve_profile
+    from pipelines.speech.transcribe import transcribe_file
+
+    profile = resolve_profile("cpu", tag_adapter=str(sft_adapter))
+    whispered = transcribe_file(tag_clips.parent / "en-us-whisper-0.wav", profile).to_dict()
+    plain = transcribe_file(tag_clips.parent / "en-us-0.wav", profile).to_dict()
+    assert whispered["tag_channel"] == "on" and whispered["tags_filtered"] == ["whispers"]
+    assert whispered["merged"].startswith("[whispers] ") and "whispers" not in whispered["text"]
+    assert whispered["tag_events"][0]["time"] is not None  # timed by the ASR words
+    assert plain["tags"] == [] and plain["merged"] == plain["text"]
+
+
+def test_eval_tags_prints_the_seed_table(sft_adapter, tag_clips, tmp_path, capsys):
+    from pipelines.__main__ import main
+
+    report_path = tmp_path / "report.json"
+    assert main(["eval-tags", "--data", str(tag_clips), "--sft", str(sft_adapter), "--out", str(report_path)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    table = summary["table"]
+    assert list(table) == ["Base", "SFT"] and summary["n"] == 8
+    assert table["Base"]["recall"] == pytest.approx(0.5)  # only the plain clips, which need no tag
+    assert table["SFT"]["f1"] > table["Base"]["f1"]
+    report = json.loads(report_path.read_text())
+    assert report["command"].startswith("python -m pipelines eval-tags") and len(report["clips"]) == 8
