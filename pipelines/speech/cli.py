@@ -131,6 +131,8 @@ def register(subparsers) -> None:
     table.add_argument("--sft", help="SFT tags adapter folder")
     table.add_argument("--raft", help="RAFT tags adapter folder")
     table.add_argument("--limit", type=int, help="a seeded sample of N clips")
+    table.add_argument("--write-card", action="store_true", help="put the table into the (RAFT, else SFT) adapter's "
+                                                                 "model card")
     table.add_argument("--seed", type=int, default=0)
     add_speech_arguments(evaluate)
     evaluate.set_defaults(func=cmd_eval_tags)

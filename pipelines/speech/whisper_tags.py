@@ -71,6 +71,7 @@ def load_whisper_with_adapter(adapter: str | Path | None, *, merge: bool, traina
         brackets = set(tokenizer.convert_tokens_to_ids(sorted(BRACKET_TOKENS)))
         generation = model.generation_config
         generation.suppress_tokens = [t for t in generation.suppress_tokens if t not in brackets]
+        generation.max_length = None  # max_new_tokens bounds a decode (both set: a warning per call)
     shorten_encoder(model, ENCODER_WINDOW_S)
     model.train(trainable)
     return model, tokenizer, WhisperFeatureExtractor.from_pretrained(base, chunk_length=ENCODER_WINDOW_S)

@@ -80,6 +80,10 @@ def compare_tags(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    if args.write_card:
+        from pipelines.training.tags_train import write_tag_card
+
+        write_tag_card(args.raft or args.sft, report)
     print(markdown_table(report["table"]), file=sys.stderr)
     print(json.dumps({key: value for key, value in report.items() if key != "clips"}))
     return 0

@@ -316,8 +316,48 @@ def train_tags(config: TagTrainConfig, progress: ProgressCallback | None = None,
     model_card.set_adapter_base_model(out, "embedded:whisper-tiny.en")
     result.adapter_dir = str(out)
     model_card.write_training_info(out, result, command)
+    write_tag_card(out)
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     report(TrainProgress("done", f"tag adapter saved after {result.steps} steps in "
                          f"{format_duration(result.wall_time_s)}", result.steps, result.max_steps, 1.0,
                          loss=result.final_loss, elapsed_s=elapsed()))
     return result
+
+
+def write_tag_card(adapter_dir: str | Path, evaluation: dict | None = None) -> Path:
+    """README.md of a tags adapter: the recipe from training.json, RAFT's curation, and (when given) an
+    `eval-tags --sft/--raft` report's table."""
+    from pipelines.speech.tag_eval import markdown_table
+
+    folder = Path(adapter_dir)
+    info = json.loads((folder / "training.json").read_text())
+    config = info["config"]
+    lines = [
+        "---", "base_model: openai/whisper-tiny.en", "library_name: peft", "tags: [whisper, lora, expressive-tags]",
+        "---", "", f"# Whisper tiny.en tags LoRA ({config['method'].upper()})", "",
+        "Writes transcripts with expressive tags in brackets (`[whispers] keep it down`, `I think [pause] we "
+        "should go`). Trained by VoxQL's `train-tags` on a **synthetic** corpus (`make-tag-data`: espeak-ng and "
+        "Piper voices, made noises): the tags mark how a clip was made, not how a person felt.", "",
+        f"- Command: `{info.get('command') or 'train_tags()'}`",
+        f"- Data: {info['data'].get('clips')} clips from `{Path(config['data']).name}`; trained on "
+        f"{info['data'].get('trained_on')}",
+        f"- LoRA r={config['lora_r']}, alpha={config['lora_alpha']}, dropout={config['lora_dropout']} on the "
+        f"decoder's {', '.join(TAG_TARGET_MODULES)}; the encoder is frozen and hears 15 s windows",
+        f"- {info['steps']} steps, batch {config['batch_size']}, learning rate {config['learning_rate']}, "
+        f"{info['wall_time_s']:.0f} s on {info['hardware']['device']}; final loss {info['final_loss']:.4f}",
+    ]
+    if config.get("init_adapter"):
+        lines.append(f"- Started from `{Path(config['init_adapter']).name}`")
+    raft_path = folder / RAFT_FILE
+    if raft_path.is_file():
+        raft = json.loads(raft_path.read_text())
+        lines.append(f"- RAFT: {raft['samples_per_clip']} samples per clip (temperature {raft['temperature']}, top-p "
+                     f"{raft['top_p']}), reward `{raft['reward']}`; kept {raft['kept']} of {raft['clips']} "
+                     f"(mean reward of all samples {raft['reward_all']['mean']}, of the kept "
+                     f"{raft['reward_kept']['mean']})")
+    if evaluation:
+        lines += ["", f"## Evaluation ({evaluation['n']} clips of `{Path(evaluation['data']).name}`)", "",
+                  f"`{evaluation['command']}`, {evaluation['date']}", "", markdown_table(evaluation["table"])]
+    path = folder / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
