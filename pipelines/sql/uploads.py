@@ -8,7 +8,6 @@ a reader cannot take the app down; the result is then opened only by the read-on
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 from pipelines.errors import BadInput
-from pipelines.sql.schema import quote_identifier
+from pipelines.sql.schema import quote_identifier, reserved_words
 
 DEFAULT_MAX_UPLOAD_MB = 200
 SESSION_PREFIX = "voxql-session-"
@@ -95,17 +94,7 @@ def table_name(path: str | Path) -> str:
     name = re.sub(r"[^0-9a-zA-Z_]+", "_", Path(path).name.split(".")[0]).strip("_").lower()[:63] or "data"
     if name[0].isdigit():
         name = f"t_{name}"
-    return f"{name}_table" if name in _reserved_words() else name
-
-
-@functools.cache
-def _reserved_words() -> frozenset[str]:
-    """Words that cannot be a table name without quotes (`order`, `select`, ...), from DuckDB itself."""
-    import duckdb
-
-    with duckdb.connect(":memory:") as con:
-        rows = con.execute("SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category <> 'unreserved'")
-        return frozenset(name.lower() for (name,) in rows.fetchall())
+    return f"{name}_table" if name in reserved_words() else name
 
 
 def import_upload(path: str | Path, session_dir: str | Path) -> Path:
