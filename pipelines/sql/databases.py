@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Protocol
 
 from pipelines.sql.guard import GuardResult, check_sql
-from pipelines.sql.sandbox import QueryResult, SandboxLimits, run_query
-from pipelines.sql.schema import Schema, read_schema_from_path, schema_from_ddl
+from pipelines.sql.sandbox import QueryResult, SandboxLimits, database_schema, run_query
+from pipelines.sql.schema import Schema, schema_from_ddl
 
 
 def check_schema_sql(sql: str, schema: Schema, dialect: str) -> GuardResult:
@@ -34,7 +34,7 @@ class Database(Protocol):
 
 @dataclass
 class DuckDBDatabase:
-    """A DuckDB file, opened read-only in the sandbox for every query."""
+    """A DuckDB file, opened read-only in the sandbox for every query (its schema too, read once and cached)."""
 
     path: Path
     name: str = ""
@@ -46,7 +46,7 @@ class DuckDBDatabase:
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         self.name = self.name or self.path.stem
-        self.schema = read_schema_from_path(self.path)
+        self.schema = database_schema(self.path)
 
     def check(self, sql: str, dialect: str | None = None) -> GuardResult:
         return check_schema_sql(sql, self.schema, dialect or self.dialect)

@@ -89,17 +89,20 @@ def _table_ddl(table: Table) -> str:
 
 
 def read_schema(con: duckdb.DuckDBPyConnection, *, with_row_counts: bool = False) -> Schema:
-    """Introspect the user tables and views of the connection's default database."""
-    columns = con.execute(
-        "SELECT table_name, column_name, data_type FROM duckdb_columns() "
-        "WHERE NOT internal AND database_name = current_database() AND schema_name = 'main' "
-        "ORDER BY table_name, column_index"
-    ).fetchall()
-    constraints = con.execute(
-        "SELECT table_name, constraint_type, constraint_column_names, referenced_table, referenced_column_names "
-        "FROM duckdb_constraints() WHERE database_name = current_database() AND schema_name = 'main' "
-        "AND constraint_type IN ('PRIMARY KEY', 'FOREIGN KEY') ORDER BY table_name, constraint_index"
-    ).fetchall()
+    """Introspect the user tables and views of the connection's default database (trusted files only: uploads
+    are read inside the sandbox, see `sandbox.database_schema`)."""
+    from pipelines.sql.sandbox_worker import SCHEMA_COLUMNS_SQL, SCHEMA_CONSTRAINTS_SQL
+
+    schema = schema_from_rows(con.execute(SCHEMA_COLUMNS_SQL).fetchall(),
+                              con.execute(SCHEMA_CONSTRAINTS_SQL).fetchall())
+    if with_row_counts:
+        for table in schema.tables:
+            table.row_count = con.execute(f"SELECT count(*) FROM {quote_identifier(table.name)}").fetchone()[0]
+    return schema
+
+
+def schema_from_rows(columns, constraints) -> Schema:
+    """A Schema from the rows of sandbox_worker's SCHEMA_COLUMNS_SQL and SCHEMA_CONSTRAINTS_SQL."""
     tables: dict[str, Table] = {}
     for table_name, column_name, data_type in columns:
         tables.setdefault(table_name, Table(table_name, [])).columns.append(Column(column_name, data_type))
@@ -112,9 +115,6 @@ def read_schema(con: duckdb.DuckDBPyConnection, *, with_row_counts: bool = False
                 column.primary_key = column.primary_key or column.name in names
         else:
             table.foreign_keys.append(ForeignKey(list(names), ref_table, list(ref_names)))
-    if with_row_counts:
-        for table in tables.values():
-            table.row_count = con.execute(f"SELECT count(*) FROM {quote_identifier(table.name)}").fetchone()[0]
     return Schema(list(tables.values()))
 
 

@@ -237,15 +237,21 @@ def _sql_string(text: str) -> str:
 
 
 def _check_result(database: Path) -> None:
-    """The new database must open in the sandbox and hold at least one table with columns."""
-    from pipelines.sql.sandbox import SandboxLimits, run_query
+    """The new database must open in the sandbox, hold at least one table with columns, and define no macro
+    named like a built-in function (`lower`, `version`: in DuckDB the file's macro wins over the built-in)."""
+    from pipelines.sql.sandbox import SandboxLimits, introspect_in_sandbox
+    from pipelines.sql.sandbox_worker import builtin_function_names
 
-    result = run_query(database, "SELECT count(*) FROM duckdb_columns() WHERE NOT internal",
-                       SandboxLimits(timeout_s=30))
-    if not result.ok:
-        raise BadInput(f"the database could not be opened: {result.error.message}")
-    if not result.rows or not result.rows[0][0]:
+    try:
+        found = introspect_in_sandbox(database, SandboxLimits(timeout_s=30))
+    except BadInput as error:
+        raise BadInput(str(error).replace("cannot open the database", "the database could not be opened")) from None
+    if not found["columns"]:
         raise BadInput("the file holds no tables")
+    shadowing = sorted(name for name in found["macros"] if name.lower() in builtin_function_names())
+    if shadowing:
+        raise BadInput(f"the DuckDB file defines macros named like built-in functions ({', '.join(shadowing[:5])}),"
+                       " which would change what queries mean; drop them (DROP MACRO ...) and upload it again")
 
 
 # -- SQLite -> DuckDB through Python's sqlite3 (the DuckDB sqlite extension cannot be downloaded here) -------------
