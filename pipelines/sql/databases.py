@@ -16,8 +16,10 @@ from pipelines.sql.schema import Schema, schema_from_ddl
 
 
 def check_schema_sql(sql: str, schema: Schema, dialect: str) -> GuardResult:
-    """The guard over a schema's tables, with its columns (for SQLite's double-quoted strings)."""
-    return check_sql(sql, schema.table_names(), dialect=dialect, columns=schema.column_types())
+    """The guard over a schema's tables, with its columns (for SQLite's double-quoted strings) and the macros
+    stored in the database (a macro named `lower` would shadow the built-in)."""
+    return check_sql(sql, schema.table_names(), dialect=dialect, columns=schema.column_types(),
+                     macros=schema.macros)
 
 
 class Database(Protocol):

@@ -84,17 +84,18 @@ class _Refused(Exception):
 
 
 def check_sql(sql: str, known_tables: Iterable[str] | None = None, *, dialect: str = "duckdb",
-              columns: Mapping[str, Iterable[str]] | None = None) -> GuardResult:
+              columns: Mapping[str, Iterable[str]] | None = None, macros: Iterable[str] = ()) -> GuardResult:
     """Allow `sql` only if it is one read-only query over `known_tables` (None: don't check table names).
 
     `columns` ({table: column names}) lets SQLite's double-quoted strings be told apart from quoted columns.
+    `macros`: names of macros stored in the database, refused (one named like a built-in would replace it).
     Never raises: anything unexpected, including sqlglot failures and recursion limits, is a refusal.
     """
     try:
         tables = None if known_tables is None else {str(name).lower(): str(name) for name in known_tables}
         table_columns = None if columns is None else {
             str(table).lower(): {str(c).lower() for c in names} for table, names in columns.items()}
-        budget = _Budget(time.monotonic() + TIME_BUDGET_S)
+        budget = _Budget(time.monotonic() + TIME_BUDGET_S, frozenset(str(m).lower() for m in macros))
         return GuardResult(sql, True, None, _check(sql, tables, dialect, table_columns, budget))
     except _Refused as refusal:
         return GuardResult(sql if isinstance(sql, str) else repr(sql), False, str(refusal), None)
@@ -108,8 +109,9 @@ def check_sql(sql: str, known_tables: Iterable[str] | None = None, *, dialect: s
 class _Budget:
     """The guard's time limit, checked between phases and every few hundred nodes of a walk."""
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, macros: frozenset[str] = frozenset()) -> None:
         self.deadline = deadline
+        self.macros = macros  # carried along with the budget: the walks that need it already take it
 
     def check(self) -> None:
         if time.monotonic() > self.deadline:
@@ -303,7 +305,7 @@ def _check_statement(statement: exp.Expression, tables: dict[str, str] | None, b
         if isinstance(node, exp.Table):
             _check_table(node, tables, ctes)
         elif isinstance(node, exp.Func):
-            _check_function(node)
+            _check_function(node, budget.macros)
         elif isinstance(node, exp.Lateral) and isinstance(node.this, exp.Func):
             _check_table_function(node.this)
         elif isinstance(node, exp.CTE):
@@ -418,7 +420,11 @@ def _check_table_function(func: exp.Expression) -> None:
         raise _Refused(f"table function {name}() is not allowed (allowed: {', '.join(sorted(TABLE_FUNCTIONS))})")
 
 
-def _check_function(func: exp.Func) -> None:
+def _check_function(func: exp.Func, macros: frozenset[str] = frozenset()) -> None:
+    if macros:
+        names = {_function_name_cheap(func)} | {n.lower() for n in type(func).sql_names()}
+        if names & macros:
+            raise _Refused(f"{min(names & macros)}() is a macro stored in the database; stored macros are not run")
     if isinstance(func, _FORBIDDEN_FUNCTION_CLASSES):
         raise _Refused(f"{_function_name(func)}() is not allowed: it reads files or changes state")
     if isinstance(func.parent, (exp.Table, exp.Lateral)) and func.parent.this is func:
@@ -456,6 +462,14 @@ def _forbidden_classes() -> dict[type, str]:
         if hit and cls is not exp.Anonymous:
             found[cls] = hit
     return found
+
+
+def _function_name_cheap(func: exp.Func) -> str:
+    """The name a call is written with (Anonymous) or its class's first SQL name, without rendering."""
+    if isinstance(func, exp.Anonymous):
+        return func.name.lower()
+    names = type(func).sql_names()
+    return names[0].lower() if names else type(func).key
 
 
 def _function_name(func: exp.Expression) -> str:

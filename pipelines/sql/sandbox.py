@@ -111,7 +111,7 @@ def run_guarded(db_path: str | Path, sql: str, limits: SandboxLimits = SandboxLi
         tables = table_names(db_path)
     except BadInput as error:
         return failed(sql if isinstance(sql, str) else repr(sql), "bad_input", str(error))
-    verdict = check_sql(sql, tables, dialect=dialect)
+    verdict = check_sql(sql, tables, dialect=dialect, macros=database_schema(db_path).macros)
     if not verdict.allowed:
         return failed(verdict.sql, "blocked", verdict.reason or "refused",
                       (time.perf_counter() - started) * 1000)
@@ -148,7 +148,7 @@ def _cached_schema(path: str, mtime_ns: int, size: int, limits: SandboxLimits) -
 def read_schema_in_sandbox(db_path: str | Path, limits: SandboxLimits = SandboxLimits()) -> Schema:
     """The schema, read in a worker (uncached); BadInput with a one-line reason when the file does not open."""
     found = introspect_in_sandbox(db_path, limits)
-    return schema_from_rows(found["columns"], found["constraints"])
+    return schema_from_rows(found["columns"], found["constraints"], found["macros"])
 
 
 def introspect_in_sandbox(db_path: str | Path, limits: SandboxLimits = SandboxLimits()) -> dict:

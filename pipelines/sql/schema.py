@@ -38,6 +38,7 @@ class Table:
 @dataclass
 class Schema:
     tables: list[Table]
+    macros: list[str] = field(default_factory=list)  # macros stored in the database: the guard refuses them
 
     def table_names(self) -> list[str]:
         return [table.name for table in self.tables]
@@ -101,7 +102,7 @@ def read_schema(con: duckdb.DuckDBPyConnection, *, with_row_counts: bool = False
     return schema
 
 
-def schema_from_rows(columns, constraints) -> Schema:
+def schema_from_rows(columns, constraints, macros=()) -> Schema:
     """A Schema from the rows of sandbox_worker's SCHEMA_COLUMNS_SQL and SCHEMA_CONSTRAINTS_SQL."""
     tables: dict[str, Table] = {}
     for table_name, column_name, data_type in columns:
@@ -115,7 +116,7 @@ def schema_from_rows(columns, constraints) -> Schema:
                 column.primary_key = column.primary_key or column.name in names
         else:
             table.foreign_keys.append(ForeignKey(list(names), ref_table, list(ref_names)))
-    return Schema(list(tables.values()))
+    return Schema(list(tables.values()), sorted(macros))
 
 
 def read_schema_from_path(path: str | Path, **kwargs) -> Schema:
