@@ -212,3 +212,96 @@ def test_double_quoted_columns_stay_columns_and_duckdb_sql_is_untouched():
 def test_sqlite_group_by_and_like_keep_their_meaning_in_duckdb(sql, normalized):
     verdict = check_sql(sql, SINGERS, dialect="sqlite", columns=SINGERS)
     assert verdict.allowed and verdict.normalized == normalized
+
+
+# -- what DuckDB will run, read as DuckDB reads it --------------------------------------------------------------
+@pytest.mark.parametrize("dialect", ["sqlite", "mysql", "bigquery", "tsql", "snowflake", "oracle", "hive"])
+@pytest.mark.parametrize("sql", [
+    "SELECT $a$ -- $a$, (SELECT content FROM read_text('/etc/passwd'))",
+    "SELECT $$ /* $$, * FROM duckdb_settings() -- */",
+    "SELECT 1 AS $q$, name FROM customers -- $q$ FROM duckdb_databases()",
+    "SELECT $x$ # $x$, (SELECT * FROM query('SELECT 1'))",
+])
+def test_dialect_confusion_is_refused(dialect, sql):
+    verdict = check_sql(sql, TABLES, dialect=dialect)
+    assert not verdict.allowed, verdict
+
+
+def test_dollar_quoted_strings_still_work_where_they_are_strings():
+    assert check_sql("SELECT name FROM customers WHERE name = $$Ada$$", TABLES, dialect="postgres").normalized == \
+        "SELECT name FROM customers WHERE name = 'Ada'"
+    assert check_sql("SELECT $tag$it's$tag$ AS s", TABLES).allowed
+
+
+def test_normalized_sql_has_no_comments():
+    assert check_sql("SELECT 1 /* DROP */ -- x\n FROM orders", TABLES).normalized == "SELECT 1 FROM orders"
+
+
+@pytest.mark.parametrize("sql, words", [
+    ("WITH a AS (SELECT name FROM pg_settings), pg_settings AS (SELECT 1 AS name) SELECT * FROM a", "pg_settings"),
+    ("WITH duckdb_databases AS (SELECT 1 AS path) SELECT path FROM duckdb_databases", "duckdb_databases"),
+    ("WITH a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a", "unknown table 'b'"),  # a forward reference
+    ("WITH a AS (WITH b AS (SELECT 1) SELECT * FROM b) SELECT * FROM a, b", "unknown table 'b'"),  # out of scope
+    ("SELECT * FROM pg_settings", "system view"),
+    ("SELECT path FROM duckdb_databases", "system view"),
+    ("SELECT * FROM sqlite_master", "system view"),
+])
+def test_names_resolve_as_duckdb_resolves_them(sql, words):
+    for tables in (TABLES, None):  # system views are refused even when table names are not checked
+        verdict = check_sql(sql, tables)
+        if tables is None and "unknown table" in words:
+            continue
+        assert not verdict.allowed and words in verdict.reason, verdict
+
+
+def test_ctes_in_order_recursive_and_nested_are_fine():
+    assert check_sql("WITH a AS (SELECT 1 AS x), b AS (SELECT * FROM a) SELECT * FROM b, a", []).allowed
+    assert check_sql("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3) "
+                     "SELECT * FROM n", []).allowed
+    assert check_sql("WITH a AS (SELECT 1) SELECT * FROM (WITH b AS (SELECT * FROM a) SELECT * FROM b)", []).allowed
+    assert check_sql("WITH customers AS (SELECT 1 AS id) SELECT * FROM customers", TABLES).allowed
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT version()", "SELECT VERSION()", "SELECT current_query_id()", "SELECT current_connection_id()",
+    "SELECT current_transaction_id()", "SELECT txid_current()", "SELECT platform()", "SELECT user_agent()",
+    "SELECT json_serialize_plan('SELECT current_setting(''memory_limit'')', optimize := true)",
+    "SELECT json_serialize_sql('SELECT 1')", "SELECT current_database()", "SELECT current_user",
+    "SELECT duckdb_api()", "SELECT * FROM duckdb_memory()", "SELECT stats(id) FROM customers",
+    "SELECT getvariable('x')", "SELECT * FROM pragma_database_size()",
+])
+def test_instance_revealing_functions_are_refused(sql):
+    verdict = check_sql(sql, TABLES)
+    assert not verdict.allowed and "not allowed" in verdict.reason, verdict
+
+
+def test_pivot_statements_are_queries():
+    assert check_sql("PIVOT orders ON status USING count(*)", TABLES).allowed
+    assert check_sql("PIVOT orders ON status USING sum(amount) GROUP BY customer_id", TABLES).allowed
+    assert not check_sql("PIVOT (SELECT * FROM duckdb_settings()) ON name USING first(value)", TABLES).allowed
+    assert not check_sql("PIVOT nope ON status USING count(*)", TABLES).allowed
+
+
+def test_stored_macros_are_refused():
+    verdict = check_sql("SELECT lower(name) FROM customers", TABLES, macros=["lower"])
+    assert not verdict.allowed and "macro" in verdict.reason
+    assert check_sql("SELECT upper(name) FROM customers", TABLES, macros=["lower"]).allowed
+
+
+def test_the_guard_has_a_size_and_time_budget(monkeypatch):
+    import pipelines.sql.guard as guard
+
+    verdict = check_sql("SELECT " + "1 + " * 6000 + "1", TABLES)
+    assert not verdict.allowed and "tokens" in verdict.reason
+    monkeypatch.setattr(guard, "TIME_BUDGET_S", 0.0)
+    verdict = check_sql("SELECT * FROM orders", TABLES)
+    assert not verdict.allowed and "too complex to check" in verdict.reason
+
+
+def test_many_ctes_check_within_the_budget():
+    """400 CTEs, each reading the 8 before it: checked (in one pass over the tree) well within the budget."""
+    sql = "WITH " + ", ".join(
+        f"c{i} AS (SELECT * FROM " + (", ".join(f"c{j}" for j in range(max(0, i - 8), i)) or "orders") + ")"
+        for i in range(400)) + " SELECT 1 FROM c399"
+    verdict = check_sql(sql, TABLES)
+    assert verdict.allowed, verdict.reason  # a refusal here would say "too complex to check"
