@@ -226,10 +226,14 @@ def test_the_sandbox_reads_duckdbs_own_parse_tree(env, sql, words):
 def test_macros_stored_in_a_database_never_shadow_built_ins(env, tmp_path):
     db = tmp_path / "macros.duckdb"
     with duckdb.connect(str(db)) as con:
-        con.execute("CREATE TABLE t AS SELECT 'A' AS s; CREATE MACRO lower(x) AS 'pwned'")
-    result = run_query(db, "SELECT lower(s) FROM t", LIMITS)
-    assert result.error.kind == "blocked" and "macro" in result.error.message
+        con.execute("CREATE TABLE t AS SELECT 'A' AS s; CREATE MACRO lower(x) AS 'pwned'; "
+                    "CREATE MACRO range(n) AS TABLE SELECT name, value FROM duckdb_settings()")
+    for sql in ("SELECT lower(s) FROM t", "SELECT * FROM range(3)"):
+        result = run_query(db, sql, LIMITS)
+        assert result.error.kind == "blocked" and "macro" in result.error.message, result
     assert run_query(db, "SELECT upper(s) FROM t", LIMITS).rows == [["A"]]
+    guarded = run_guarded(db, "SELECT * FROM range(3)", LIMITS)  # the guard knows the file's macros too
+    assert guarded.error.kind == "blocked" and "macro" in guarded.error.message
 
 
 def test_a_dynamic_pivot_runs(env):

@@ -214,7 +214,8 @@ def test_import_output_size_is_capped(session, tmp_path, monkeypatch):
 def test_duckdb_files_whose_macros_shadow_built_ins_are_refused(session, tmp_path):
     source = tmp_path / "macros.duckdb"
     with duckdb.connect(str(source)) as con:
-        con.execute("CREATE TABLE t AS SELECT 'A' AS s; CREATE MACRO lower(x) AS 'pwned'")
-    with pytest.raises(BadInput, match=r"macros named like built-in functions \(lower\)"):
+        con.execute("CREATE TABLE t AS SELECT 'A' AS s; CREATE MACRO lower(x) AS 'pwned'; "
+                    "CREATE MACRO range(n) AS TABLE SELECT 1; CREATE MACRO mine(x) AS x + 1")
+    with pytest.raises(BadInput, match=r"macros named like built-in functions \(lower, range\)"):
         import_upload(source, session)
     assert list(session.iterdir()) == []

@@ -303,11 +303,11 @@ def _check_statement(statement: exp.Expression, tables: dict[str, str] | None, b
                 raise _Refused("SELECT ... INTO would create a table: remove the INTO clause")
             raise _Refused(f"only reading is allowed, but the query contains {_kind_phrase(node)}")
         if isinstance(node, exp.Table):
-            _check_table(node, tables, ctes)
+            _check_table(node, tables, ctes, budget.macros)
         elif isinstance(node, exp.Func):
             _check_function(node, budget.macros)
         elif isinstance(node, exp.Lateral) and isinstance(node.this, exp.Func):
-            _check_table_function(node.this)
+            _check_table_function(node.this, budget.macros)
         elif isinstance(node, exp.CTE):
             _check_cte_name(node.alias)
 
@@ -377,9 +377,10 @@ def _check_cte_name(name: str) -> None:
         raise _Refused(f"a CTE may not be named {name!r}: that is the name of a DuckDB system view or function")
 
 
-def _check_table(table: exp.Table, tables: dict[str, str] | None, ctes: _Scope) -> None:
+def _check_table(table: exp.Table, tables: dict[str, str] | None, ctes: _Scope,
+                 macros: frozenset[str] = frozenset()) -> None:
     if isinstance(table.this, exp.Func):  # a table function: FROM range(10), FROM read_csv('x')
-        _check_table_function(table.this)
+        _check_table_function(table.this, macros)
         return
     if not isinstance(table.this, exp.Identifier):
         raise _Refused(f"unsupported table reference {table.sql(dialect='duckdb')[:60]!r}")
@@ -412,10 +413,12 @@ def _system_names() -> frozenset[str]:
                                                   "pg_catalog"}
 
 
-def _check_table_function(func: exp.Expression) -> None:
+def _check_table_function(func: exp.Expression, macros: frozenset[str] = frozenset()) -> None:
+    name = _function_name(func)
+    if name in macros:  # a table macro stored in the database, named like `range`
+        raise _Refused(f"{name}() is a macro stored in the database; stored macros are not run")
     if isinstance(func, _TABLE_FUNCTION_CLASSES):
         return
-    name = _function_name(func)
     if name not in TABLE_FUNCTIONS or name.startswith(FORBIDDEN_PREFIXES):
         raise _Refused(f"table function {name}() is not allowed (allowed: {', '.join(sorted(TABLE_FUNCTIONS))})")
 

@@ -155,11 +155,11 @@ class Policy:
         lowered = name.lower()
         if lowered in FORBIDDEN_FUNCTIONS or lowered.startswith(FORBIDDEN_PREFIXES):
             raise Refusal(f"{name}() is not allowed: it reads settings, files or the instance, or changes state")
+        if lowered in self.macros:  # a table macro named `range` replaces the built-in just as well
+            raise Refusal(f"{name}() is a macro stored in the database; stored macros are not run")
         if table:
             if lowered not in TABLE_FUNCTIONS:
                 raise Refusal(f"table function {name}() is not allowed")
-        elif lowered in self.macros:
-            raise Refusal(f"{name}() is a macro stored in the database; stored macros are not run")
         elif lowered not in self.functions and lowered not in TABLE_FUNCTIONS:  # unnest() in a SELECT list
             raise Refusal(f"unknown function {name}()")
 
@@ -255,7 +255,8 @@ def _builtins() -> tuple[frozenset[str], frozenset[str]]:
 
 
 def builtin_function_names() -> frozenset[str]:
-    return _builtins()[0]
+    """Every built-in function name, table functions included."""
+    return _builtins()[0] | _table_functions()
 
 
 @functools.cache
