@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipelines.sql.guard import GuardResult, check_sql
-from pipelines.sql.redteam import ATTACKS, BENIGN, GUARD_ONLY
+from pipelines.sql.redteam import ATTACKS, BENIGN, GUARD_ONLY, MACROS
 
 TABLES = ["customers", "orders", "products", "order_items", "updates"]
 SPIDER_DIR = Path(os.environ.get("VOXQL_SPIDER_DIR") or Path(__file__).resolve().parents[2] / "shared" / "spider")
@@ -27,9 +27,14 @@ def _ids(cases):
     return [f"{c.category}-{i}" for i, c in enumerate(cases)]
 
 
+def _macros(case) -> list[str]:
+    """The macros stored in the case's fixture database (the guard gets them from the database's schema)."""
+    return list(MACROS) if case.db == "macros" else []
+
+
 @pytest.mark.parametrize("case", ATTACKS, ids=_ids(ATTACKS))
 def test_attacks_are_refused_with_a_one_line_reason(case):
-    verdict = check_sql(_fill(case.sql), TABLES, dialect=case.dialect)
+    verdict = check_sql(_fill(case.sql), TABLES, dialect=case.dialect, macros=_macros(case))
     assert not verdict.allowed, verdict
     assert verdict.normalized is None
     assert verdict.reason and "\n" not in verdict.reason and len(verdict.reason) < 300
@@ -42,7 +47,7 @@ def test_policy_cases_are_refused(case):
 
 @pytest.mark.parametrize("case", BENIGN, ids=_ids(BENIGN))
 def test_benign_queries_are_allowed(case):
-    verdict = check_sql(case.sql, TABLES, dialect=case.dialect)
+    verdict = check_sql(case.sql, TABLES, dialect=case.dialect, macros=_macros(case))
     assert verdict.allowed, verdict.reason
     assert verdict.normalized and verdict.reason is None
     assert check_sql(verdict.normalized, TABLES).allowed  # what runs passes the guard again
@@ -53,7 +58,10 @@ def test_corpora_are_big_enough():
     categories = {c.category for c in ATTACKS}
     assert {"ddl", "dml", "cte_dml", "stacked", "file_read", "file_write", "network", "attach", "extensions",
             "settings", "call_prepare", "transactions", "maintenance", "secrets", "explain_nonquery",
-            "select_into", "unicode", "nested", "case_and_comments"} <= categories
+            "select_into", "unicode", "nested", "case_and_comments", "dialect_confusion", "system_names",
+            "instance_functions", "pivot", "stored_macros"} <= categories
+    assert all(sum(c.category == name for c in ATTACKS) >= 4 for name in
+               ("dialect_confusion", "system_names", "instance_functions", "pivot", "stored_macros"))
 
 
 @pytest.mark.parametrize("sql, words", [
@@ -168,7 +176,7 @@ def _mutate(sql: str, rng: random.Random) -> str:
 @given(st.integers(min_value=0, max_value=len(ATTACKS) - 1), st.randoms(use_true_random=False))
 def test_fuzz_mutated_attacks_stay_refused(index, rng):
     case = ATTACKS[index]
-    assert not check_sql(_mutate(_fill(case.sql), rng), TABLES, dialect=case.dialect).allowed
+    assert not check_sql(_mutate(_fill(case.sql), rng), TABLES, dialect=case.dialect, macros=_macros(case)).allowed
 
 
 # -- SQLite's double-quoted strings ---------------------------------------------------------------------------

@@ -88,6 +88,9 @@ def test_redteam_command_reports_perfect_rates(tmp_path, capsys):
     assert report["rates"]["attacks_refused_by_guard_pct"] == 100.0
     assert report["rates"]["attacks_refused_by_sandbox_pct"] == 100.0
     assert report["rates"]["benign_refused_pct"] == 0.0 and report["perfect"]
+    assert report["rates"]["runaway_bounded_pct"] == report["rates"]["ddl_bombs_bounded_pct"] == 100.0
+    assert {"dialect_confusion", "system_names", "instance_functions", "pivot", "stored_macros"} <= \
+        set(report["by_category"])
     assert "refused by the guard 100.0%" in capsys.readouterr().out
 
 

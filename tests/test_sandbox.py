@@ -18,7 +18,19 @@ import duckdb
 import pytest
 
 from pipelines.sql import sandbox_worker
-from pipelines.sql.redteam import ATTACKS, BENIGN, SECRET_TEXT, build_fixture, fill
+from pipelines.sql.redteam import (
+    ATTACKS,
+    BENIGN,
+    DDL_BOMBS,
+    RUNAWAY,
+    RUNAWAY_LIMITS,
+    SECRET_TEXT,
+    _bounded,
+    _ddl_bounded,
+    build_fixture,
+    build_macro_fixture,
+    fill,
+)
 from pipelines.sql.sandbox import SandboxLimits, WorkerPool, run_guarded, run_query
 
 LIMITS = SandboxLimits(timeout_s=1.0, memory_limit="200MB")
@@ -29,10 +41,12 @@ LINUX = sys.platform.startswith("linux")
 def env(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sandbox")
     db = build_fixture(folder / "shop.duckdb")
+    macros = build_macro_fixture(folder / "macros.duckdb")
     secret, out = folder / "secret.txt", folder / "out"
     secret.write_text(SECRET_TEXT + "\n")
     out.mkdir()
-    return {"db": db, "secret": secret, "out": out, "digest": _sha256(db)}
+    return {"db": db, "shop": db, "macros": macros, "secret": secret, "out": out, "digest": _sha256(db),
+            "macros_digest": _sha256(macros)}
 
 
 def _sha256(path: Path) -> str:
@@ -45,7 +59,7 @@ def _ids(cases):
 
 @pytest.mark.parametrize("case", ATTACKS, ids=_ids(ATTACKS))
 def test_attacks_fail_in_the_sandbox_without_the_guard(env, case):
-    result = run_query(env["db"], fill(case.sql, env["secret"], env["out"]), LIMITS)
+    result = run_query(env[case.db], fill(case.sql, env["secret"], env["out"]), LIMITS)
     assert not result.ok, result
     assert result.error.kind in ("blocked", "sql_error")
     assert result.rows == [] and SECRET_TEXT not in json.dumps(result.to_dict(), default=str)
@@ -54,15 +68,15 @@ def test_attacks_fail_in_the_sandbox_without_the_guard(env, case):
 def test_attacks_left_no_trace(env):
     """Runs after the attacks (file order): the database is byte-identical and nothing was written."""
     for case in ATTACKS:  # run them again here so this test stands on its own
-        run_query(env["db"], fill(case.sql, env["secret"], env["out"]), LIMITS)
-    assert _sha256(env["db"]) == env["digest"]
+        run_query(env[case.db], fill(case.sql, env["secret"], env["out"]), LIMITS)
+    assert _sha256(env["db"]) == env["digest"] and _sha256(env["macros"]) == env["macros_digest"]
     assert list(env["out"].iterdir()) == []
     assert run_query(env["db"], "SELECT count(*) FROM customers", LIMITS).rows == [[4]]
 
 
 @pytest.mark.parametrize("case", BENIGN, ids=_ids(BENIGN))
 def test_benign_queries_run(env, case):
-    result = run_guarded(env["db"], case.sql, LIMITS, dialect=case.dialect)
+    result = run_guarded(env[case.db], case.sql, LIMITS, dialect=case.dialect)
     assert result.ok, result.error
     assert result.sql == case.sql
 
@@ -317,3 +331,15 @@ def test_the_schema_is_read_in_the_sandbox_not_here(env, tmp_path, monkeypatch):
     database = DuckDBDatabase(db)
     assert database.schema.to_ddl() == 'CREATE TABLE t (id INTEGER PRIMARY KEY, "order" VARCHAR);'
     assert DuckDBDatabase(db).schema is database.schema  # read once per file version
+
+
+@pytest.mark.parametrize("case", RUNAWAY, ids=_ids(RUNAWAY))
+def test_runaway_corpus_ends_bounded(env, case):
+    bounded, detail = _bounded(env["db"], case.sql, SandboxLimits(**RUNAWAY_LIMITS))
+    assert bounded, detail
+
+
+@pytest.mark.parametrize("ddl", DDL_BOMBS, ids=[f"ddl-{i}" for i in range(len(DDL_BOMBS))])
+def test_ddl_bombs_are_read_or_refused_fast_never_run(env, ddl):
+    bounded, detail = _ddl_bounded(fill(ddl, env["secret"], env["out"]))
+    assert bounded, detail

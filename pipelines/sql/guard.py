@@ -374,7 +374,7 @@ def _walk_with_scope(root: exp.Expression, budget: _Budget):
 def _check_cte_name(name: str) -> None:
     lowered = name.lower()
     if lowered in _system_names() or lowered.startswith(FORBIDDEN_PREFIXES):
-        raise _Refused(f"a CTE may not be named {name!r}: that is the name of a DuckDB system view or function")
+        raise _Refused(f"a CTE may not be named {name!r}: that is the name of a DuckDB system view")
 
 
 def _check_table(table: exp.Table, tables: dict[str, str] | None, ctes: _Scope,
@@ -405,12 +405,11 @@ def _check_table(table: exp.Table, tables: dict[str, str] | None, ctes: _Scope,
 
 @functools.cache
 def _system_names() -> frozenset[str]:
-    """Names DuckDB resolves to its own catalog: system views (pg_settings, duckdb_databases, sqlite_master),
-    table functions, and catalog and schema names."""
-    from pipelines.sql.sandbox_worker import _builtins, _table_functions
+    """Names DuckDB resolves to its own catalog without a schema: system views (pg_settings, duckdb_databases,
+    sqlite_master). A CTE named like a table function (`summary`) shadows nothing: those take parentheses."""
+    from pipelines.sql.sandbox_worker import _builtins
 
-    return _builtins()[1] | _table_functions() | {"system", "temp", "memory", "main", "information_schema",
-                                                  "pg_catalog"}
+    return _builtins()[1]
 
 
 def _check_table_function(func: exp.Expression, macros: frozenset[str] = frozenset()) -> None:

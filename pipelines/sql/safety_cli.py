@@ -116,7 +116,7 @@ def cmd_run_sql(args: argparse.Namespace) -> int:
 
 # -- redteam-sql ---------------------------------------------------------------------------------------------------
 def cmd_redteam_sql(args: argparse.Namespace) -> int:
-    from pipelines.sql.redteam import ATTACKS, BENIGN, GUARD_ONLY, evaluate
+    from pipelines.sql.redteam import ATTACKS, BENIGN, DDL_BOMBS, GUARD_ONLY, RUNAWAY, evaluate
 
     report = evaluate()
     rates = report.rates()
@@ -126,6 +126,8 @@ def cmd_redteam_sql(args: argparse.Namespace) -> int:
     print(f"guard-only policy cases: {len(GUARD_ONLY)}; refused {rates['guard_only_refused_pct']}%")
     print(f"benign queries: {len(BENIGN)}; refused by the guard {rates['benign_refused_pct']}%, "
           f"failed to run {rates['benign_failed_pct']}%")
+    print(f"runaway queries: {len(RUNAWAY)}; bounded {rates['runaway_bounded_pct']}%; "
+          f"pasted-schema bombs: {len(DDL_BOMBS)}; read or refused in time {rates['ddl_bombs_bounded_pct']}%")
     print(f"database unchanged: {report.database_unchanged}; nothing written: {report.nothing_written}; "
           f"secret never returned: {report.secret_never_returned}")
     for failure in report.failures:

@@ -182,7 +182,10 @@ class Policy:
         if tree.get("error"):
             raise Refusal(f"DuckDB could not read the query: {str(tree.get('error_message'))[:200]}")
         for name, kind, node in tree_names(tree):
-            if kind == "cte" and name.lower() in self.system_names and name.lower() not in self.tables:
+            lowered = name.lower()
+            # (A CTE named like a table function shadows nothing: those are only ever called with parentheses.)
+            if kind == "cte" and lowered not in self.tables and (
+                    lowered in self.system_names or lowered.startswith(FORBIDDEN_PREFIXES)):
                 raise Refusal(f"a CTE may not be named like the system view {name!r}")
         ctes = {name.lower() for name, kind, _ in tree_names(tree) if kind == "cte"}
         for name, kind, node in tree_names(tree):
