@@ -29,12 +29,17 @@ def _ids(cases):
 
 def _macros(case) -> list[str]:
     """The macros stored in the case's fixture database (the guard gets them from the database's schema)."""
-    return list(MACROS) if case.db == "macros" else []
+    return list(MACROS) if case.db == "crafted" else []
+
+
+def _tables(case) -> list[str]:
+    """The case's database's tables, as the sandbox's schema read gives them (refused views left out)."""
+    return TABLES + ["v_ok"] if case.db == "crafted" else TABLES
 
 
 @pytest.mark.parametrize("case", ATTACKS, ids=_ids(ATTACKS))
 def test_attacks_are_refused_with_a_one_line_reason(case):
-    verdict = check_sql(_fill(case.sql), TABLES, dialect=case.dialect, macros=_macros(case))
+    verdict = check_sql(_fill(case.sql), _tables(case), dialect=case.dialect, macros=_macros(case))
     assert not verdict.allowed, verdict
     assert verdict.normalized is None
     assert verdict.reason and "\n" not in verdict.reason and len(verdict.reason) < 300
@@ -47,10 +52,10 @@ def test_policy_cases_are_refused(case):
 
 @pytest.mark.parametrize("case", BENIGN, ids=_ids(BENIGN))
 def test_benign_queries_are_allowed(case):
-    verdict = check_sql(case.sql, TABLES, dialect=case.dialect, macros=_macros(case))
+    verdict = check_sql(case.sql, _tables(case), dialect=case.dialect, macros=_macros(case))
     assert verdict.allowed, verdict.reason
     assert verdict.normalized and verdict.reason is None
-    assert check_sql(verdict.normalized, TABLES).allowed  # what runs passes the guard again
+    assert check_sql(verdict.normalized, _tables(case)).allowed  # what runs passes the guard again
 
 
 def test_corpora_are_big_enough():
@@ -59,9 +64,9 @@ def test_corpora_are_big_enough():
     assert {"ddl", "dml", "cte_dml", "stacked", "file_read", "file_write", "network", "attach", "extensions",
             "settings", "call_prepare", "transactions", "maintenance", "secrets", "explain_nonquery",
             "select_into", "unicode", "nested", "case_and_comments", "dialect_confusion", "system_names",
-            "instance_functions", "pivot", "stored_macros"} <= categories
+            "instance_functions", "pivot", "stored_macros", "stored_views"} <= categories
     assert all(sum(c.category == name for c in ATTACKS) >= 4 for name in
-               ("dialect_confusion", "system_names", "instance_functions", "pivot", "stored_macros"))
+               ("dialect_confusion", "system_names", "instance_functions", "pivot", "stored_macros", "stored_views"))
 
 
 @pytest.mark.parametrize("sql, words", [
@@ -176,7 +181,8 @@ def _mutate(sql: str, rng: random.Random) -> str:
 @given(st.integers(min_value=0, max_value=len(ATTACKS) - 1), st.randoms(use_true_random=False))
 def test_fuzz_mutated_attacks_stay_refused(index, rng):
     case = ATTACKS[index]
-    assert not check_sql(_mutate(_fill(case.sql), rng), TABLES, dialect=case.dialect, macros=_macros(case)).allowed
+    assert not check_sql(_mutate(_fill(case.sql), rng), _tables(case), dialect=case.dialect,
+                         macros=_macros(case)).allowed
 
 
 # -- SQLite's double-quoted strings ---------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from pipelines.sql.redteam import (
     _bounded,
     _ddl_bounded,
     build_fixture,
-    build_macro_fixture,
+    build_crafted_fixture,
     fill,
 )
 from pipelines.sql.sandbox import SandboxLimits, WorkerPool, run_guarded, run_query
@@ -41,12 +41,12 @@ LINUX = sys.platform.startswith("linux")
 def env(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sandbox")
     db = build_fixture(folder / "shop.duckdb")
-    macros = build_macro_fixture(folder / "macros.duckdb")
+    crafted = build_crafted_fixture(folder / "crafted.duckdb")
     secret, out = folder / "secret.txt", folder / "out"
     secret.write_text(SECRET_TEXT + "\n")
     out.mkdir()
-    return {"db": db, "shop": db, "macros": macros, "secret": secret, "out": out, "digest": _sha256(db),
-            "macros_digest": _sha256(macros)}
+    return {"db": db, "shop": db, "crafted": crafted, "secret": secret, "out": out, "digest": _sha256(db),
+            "crafted_digest": _sha256(crafted)}
 
 
 def _sha256(path: Path) -> str:
@@ -69,7 +69,7 @@ def test_attacks_left_no_trace(env):
     """Runs after the attacks (file order): the database is byte-identical and nothing was written."""
     for case in ATTACKS:  # run them again here so this test stands on its own
         run_query(env[case.db], fill(case.sql, env["secret"], env["out"]), LIMITS)
-    assert _sha256(env["db"]) == env["digest"] and _sha256(env["macros"]) == env["macros_digest"]
+    assert _sha256(env["db"]) == env["digest"] and _sha256(env["crafted"]) == env["crafted_digest"]
     assert list(env["out"].iterdir()) == []
     assert run_query(env["db"], "SELECT count(*) FROM customers", LIMITS).rows == [[4]]
 
@@ -208,12 +208,14 @@ def test_a_crashed_worker_is_replaced(env):
         pool.close()
 
 
-def test_a_stored_view_that_reads_a_file_passes_the_guard_but_not_the_sandbox(env, tmp_path):
+def test_a_stored_view_that_reads_a_file_is_refused(env, tmp_path):
     db = tmp_path / "crafted.duckdb"
     with duckdb.connect(str(db)) as con:
         con.execute(f"CREATE VIEW innocent AS SELECT * FROM read_text('{env['secret']}')")
-    result = run_guarded(db, "SELECT * FROM innocent", LIMITS)
-    assert result.error.kind == "blocked" and "Permission" in result.error.message
+    result = run_query(db, "SELECT * FROM innocent", LIMITS)  # the view's own query is checked as a query's
+    assert result.error.kind == "blocked" and "read_text() is not allowed" in result.error.message
+    guarded = run_guarded(db, "SELECT * FROM innocent", LIMITS)  # and it is left out of the schema
+    assert guarded.error.kind == "blocked" and "unknown table 'innocent'" in guarded.error.message
     assert SECRET_TEXT not in json.dumps(result.to_dict(), default=str)
 
 

@@ -219,3 +219,13 @@ def test_duckdb_files_whose_macros_shadow_built_ins_are_refused(session, tmp_pat
     with pytest.raises(BadInput, match=r"macros named like built-in functions \(lower, range\)"):
         import_upload(source, session)
     assert list(session.iterdir()) == []
+
+
+def test_duckdb_files_with_views_over_the_instance_are_refused(session, tmp_path):
+    source = tmp_path / "views.duckdb"
+    with duckdb.connect(str(source)) as con:
+        con.execute("CREATE TABLE t AS SELECT 1 AS a; CREATE VIEW fine AS SELECT a + 1 AS b FROM t; "
+                    "CREATE VIEW where_am_i AS SELECT path FROM duckdb_databases()")
+    with pytest.raises(BadInput, match=r"view that reads what queries may not: where_am_i \(duckdb_databases"):
+        import_upload(source, session)
+    assert list(session.iterdir()) == []

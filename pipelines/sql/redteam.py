@@ -7,7 +7,8 @@ in the sandbox, such as a query too big to check). RUNAWAY must end bounded in t
 or a timeout/memory error, in time, with the next query working. DDL_BOMBS are pasted schemas that must be read
 (or refused) quickly, never executed.
 `$SECRET` (a readable file holding SECRET_TEXT) and `$OUT` (an empty folder) are filled in at run time. A case
-with `db="macros"` runs on a copy of the shop whose file stores macros named like built-ins (MACROS).
+with `db="crafted"` runs on a copy of the shop whose file stores macros named like built-ins (MACROS) and views
+that read what queries may not (VIEWS), as an uploaded DuckDB file could.
 
 `python -m pipelines redteam-sql` prints the rates quoted in the README.
 """
@@ -28,19 +29,27 @@ class Case:
     category: str
     sql: str
     dialect: str = "duckdb"
-    db: str = "shop"  # or "macros": the shop plus MACROS stored in the file
+    db: str = "shop"  # or "crafted": the shop plus MACROS and VIEWS stored in the file
 
 
 def _cases(category: str, *sqls: str, dialect: str = "duckdb", db: str = "shop") -> list[Case]:
     return [Case(category, sql, dialect, db) for sql in sqls]
 
 
-# Stored in the "macros" fixture: each replaces a built-in and reveals what `current_setting` would.
+# Stored in the "crafted" fixture: each replaces a built-in and reveals what `current_setting` would.
 MACROS = {
     "lower": "CREATE MACRO lower(x) AS current_setting('memory_limit')",
     "concat": "CREATE MACRO concat(a, b) AS (SELECT string_agg(path, ',') FROM duckdb_databases())",
     "range": "CREATE MACRO range(n) AS TABLE SELECT name, value FROM duckdb_settings()",
     "generate_series": "CREATE MACRO generate_series(a, b) AS TABLE SELECT * FROM duckdb_databases()",
+}
+# Also stored there: views run under the sandbox settings (no files), but could read the instance.
+VIEWS = {
+    "v_paths": "CREATE VIEW v_paths AS SELECT path FROM duckdb_databases()",
+    "v_settings": "CREATE VIEW v_settings AS SELECT name, value FROM duckdb_settings()",
+    "v_version": "CREATE VIEW v_version AS SELECT version() AS v, current_setting('memory_limit') AS m",
+    "v_chain": "CREATE VIEW v_chain AS SELECT * FROM v_paths",
+    "v_ok": "CREATE VIEW v_ok AS SELECT name, upper(country) AS c FROM customers",
 }
 
 
@@ -252,14 +261,21 @@ ATTACKS: list[Case] = [
             "PIVOT (SELECT content FROM read_text('$SECRET')) ON content USING count(*)",
             "PIVOT orders ON status USING first(current_setting('memory_limit'))",
             "PIVOT pg_settings ON name USING first(setting)"),
-    # Macros stored in an uploaded DuckDB file, named like built-ins (MACROS).
+    # Macros stored in an uploaded DuckDB file, named like built-ins (MACROS), and views over the instance (VIEWS).
     *_cases("stored_macros",
             "SELECT lower(name) FROM customers",
             "SELECT concat(name, country) FROM customers",
             "SELECT * FROM range(3)",
             "SELECT * FROM generate_series(1, 2)",
             "SELECT LOWER(name) FROM customers",
-            db="macros"),
+            db="crafted"),
+    *_cases("stored_views",
+            "SELECT * FROM v_paths",
+            "SELECT * FROM v_settings",
+            "SELECT * FROM v_version",
+            "SELECT * FROM v_chain",
+            "SELECT * FROM customers WHERE name IN (SELECT path FROM v_paths)",
+            db="crafted"),
 ]
 
 # Harmless in the sandbox, refused by the guard as policy: only the database's own tables and plain functions.
@@ -403,7 +419,8 @@ BENIGN: list[Case] = [
             "SELECT list(id ORDER BY id) AS ids, {'n': count(*), 'c': [country]} AS s FROM customers "
             "GROUP BY country"),
     *_cases("strings_and_names", "SELECT name FROM customers WHERE name = $$Ada$$", dialect="postgres"),
-    *_cases("stored_macros", "SELECT upper(name), trim(country) FROM customers", db="macros"),
+    *_cases("stored_macros", "SELECT upper(name), trim(country) FROM customers", "SELECT * FROM v_ok",
+            db="crafted"),
 ]
 
 
@@ -434,13 +451,13 @@ def build_fixture(path: str | Path) -> Path:
     return path
 
 
-def build_macro_fixture(path: str | Path) -> Path:
-    """The shop, plus MACROS stored in the file (as an uploaded DuckDB file could hold them)."""
+def build_crafted_fixture(path: str | Path) -> Path:
+    """The shop, plus MACROS and VIEWS stored in the file (as an uploaded DuckDB file could hold them)."""
     import duckdb
 
     path = build_fixture(path)
     with duckdb.connect(str(path)) as con:
-        for sql in MACROS.values():
+        for sql in (*MACROS.values(), *VIEWS.values()):
             con.execute(sql)
     return path
 
@@ -506,7 +523,7 @@ def evaluate(workdir: str | Path | None = None, limits=None) -> RedTeamReport:
     limits = limits or SandboxLimits(timeout_s=5, memory_limit="256MB")
     with tempfile.TemporaryDirectory(prefix="voxql-redteam-") as scratch:
         base = Path(workdir or scratch)
-        dbs = {"shop": build_fixture(base / "shop.duckdb"), "macros": build_macro_fixture(base / "macros.duckdb")}
+        dbs = {"shop": build_fixture(base / "shop.duckdb"), "crafted": build_crafted_fixture(base / "crafted.duckdb")}
         secret, out = base / "secret.txt", base / "out"
         secret.write_text(f"{SECRET_TEXT}\n")
         out.mkdir(exist_ok=True)

@@ -148,11 +148,15 @@ def _cached_schema(path: str, mtime_ns: int, size: int, limits: SandboxLimits) -
 def read_schema_in_sandbox(db_path: str | Path, limits: SandboxLimits = SandboxLimits()) -> Schema:
     """The schema, read in a worker (uncached); BadInput with a one-line reason when the file does not open."""
     found = introspect_in_sandbox(db_path, limits)
-    return schema_from_rows(found["columns"], found["constraints"], found["macros"])
+    # A view the sandbox refuses to run (it reads what queries may not) is not part of what can be asked about:
+    # left out of the schema, the prompt does not offer it and the guard does not know it.
+    refused = {name.lower() for name in found["refused_views"]}
+    columns = [row for row in found["columns"] if str(row[0]).lower() not in refused]
+    return schema_from_rows(columns, found["constraints"], found["macros"])
 
 
 def introspect_in_sandbox(db_path: str | Path, limits: SandboxLimits = SandboxLimits()) -> dict:
-    """sandbox_worker.introspect's rows ({"columns", "constraints", "macros"}), read in a worker."""
+    """sandbox_worker.introspect's rows ({"columns", "constraints", "macros", "refused_views"}), read in a worker."""
     db_path = _check_inputs(db_path, "SELECT 1", limits)
     request_limits = {**asdict(limits), "process_memory_bytes": _process_memory_bytes(limits)}
     if limits.isolation == "inline":
@@ -163,7 +167,8 @@ def introspect_in_sandbox(db_path: str | Path, limits: SandboxLimits = SandboxLi
     if error:
         raise BadInput(f"cannot open the database: {error['message']}")
     found = reply.get("schema") or {}
-    return {key: found.get(key) or [] for key in ("columns", "constraints", "macros")}
+    return {"columns": found.get("columns") or [], "constraints": found.get("constraints") or [],
+            "macros": found.get("macros") or [], "refused_views": found.get("refused_views") or {}}
 
 
 # -- inputs ------------------------------------------------------------------------------------------------------

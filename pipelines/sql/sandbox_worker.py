@@ -150,6 +150,34 @@ class Policy:
             "SELECT function_name FROM duckdb_functions() WHERE NOT internal").fetchall()}
         builtins, self.system_names = _builtins()
         self.functions = builtins - self.macros
+        self.refused_views = self._check_views(con)
+
+    def _check_views(self, con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+        """{view: reason} for the database's views whose own query this policy refuses.
+
+        A view runs with the sandbox settings, so it cannot read files; but it could read what a query may not
+        (`CREATE VIEW v AS SELECT path FROM duckdb_databases()` names the server's folders). Views over refused
+        views are refused too (a few rounds settle any chain).
+        """
+        views = con.execute("SELECT view_name, sql FROM duckdb_views() WHERE NOT internal "
+                            "AND database_name = current_database()").fetchall()
+        refused: dict[str, str] = {}
+        self.refused_views = refused
+        for _ in range(min(len(views), 8) or 1):
+            before = len(refused)
+            for name, sql in views:
+                if name.lower() in refused:
+                    continue
+                match = _VIEW_PREFIX.match(sql or "")
+                try:
+                    if not match:
+                        raise Refusal("its definition could not be read")
+                    self.check_tree(con, sql[match.end():].rstrip().rstrip(";"))
+                except Refusal as refusal:
+                    refused[name.lower()] = str(refusal)
+            if len(refused) == before:
+                break
+        return refused
 
     def check_function(self, name: str, *, table: bool = False) -> None:
         lowered = name.lower()
@@ -167,9 +195,11 @@ class Policy:
         lowered = name.lower()
         if catalog or schema.lower() not in ("", "main"):
             raise Refusal(f"only the tables of this database can be read, not {'.'.join(filter(None, (catalog, schema, name)))}")
-        if lowered in self.tables:
-            return
         if lowered in ctes and lowered not in self.system_names:
+            return
+        if lowered in self.refused_views:
+            raise Refusal(f"the view {name!r} reads what queries may not ({self.refused_views[lowered]})")
+        if lowered in self.tables:
             return
         raise Refusal(f"unknown table {name!r}")
 
@@ -209,6 +239,12 @@ class Policy:
     @property
     def table_function_names(self) -> frozenset[str]:
         return _table_functions()
+
+
+# `CREATE [OR REPLACE] [TEMP] VIEW name [(columns)] AS `, before a stored view's query (duckdb_views().sql).
+_VIEW_PREFIX = re.compile(r'\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:TEMP(?:ORARY)?\s+)?VIEW\s+'
+                          r'(?:"(?:[^"]|"")*"|[^\s("]+)(?:\.(?:"(?:[^"]|"")*"|[^\s("]+))*\s*'
+                          r'(?:\((?:"(?:[^"]|"")*"|[^)"])*\)\s*)?AS\s+', re.I)
 
 
 def tree_names(tree) -> list[tuple[str, str, dict]]:
@@ -571,7 +607,7 @@ SCHEMA_CONSTRAINTS_SQL = (
     "AND constraint_type IN ('PRIMARY KEY', 'FOREIGN KEY') ORDER BY table_name, constraint_index")
 
 
-def introspect(con: duckdb.DuckDBPyConnection) -> dict:
+def introspect(con: duckdb.DuckDBPyConnection, policy: Policy | None = None) -> dict:
     """The rows `schema.read_schema` builds a Schema from, and the names of the database's own macros.
 
     BadInput-like refusal (kind "bad_input") when the schema is too big to be of use in a prompt.
@@ -583,7 +619,8 @@ def introspect(con: duckdb.DuckDBPyConnection) -> dict:
     return {"columns": [list(row) for row in con.execute(SCHEMA_COLUMNS_SQL).fetchall()],
             "constraints": [list(row) for row in con.execute(SCHEMA_CONSTRAINTS_SQL).fetchall()],
             "macros": sorted({name for (name,) in con.execute(
-                "SELECT function_name FROM duckdb_functions() WHERE NOT internal").fetchall()})}
+                "SELECT function_name FROM duckdb_functions() WHERE NOT internal").fetchall()}),
+            "refused_views": dict(policy.refused_views) if policy else {}}
 
 
 def read_schema(db_path: str, limits: dict, database: Database | None = None) -> dict:
@@ -594,7 +631,7 @@ def read_schema(db_path: str, limits: dict, database: Database | None = None) ->
             own = database = Database(connect(db_path, limits))
         with _watched(database.con.cursor(), float(limits["timeout_s"])) as (con, timed_out):
             try:
-                return {"schema": introspect(con), "error": None}
+                return {"schema": introspect(con, database.policy), "error": None}
             except Refusal as refusal:
                 return {"schema": None, "error": {"kind": "bad_input", "message": str(refusal)}}
             except BaseException as error:  # noqa: BLE001

@@ -266,8 +266,9 @@ def _sql_string(text: str) -> str:
 
 
 def _check_result(database: Path) -> None:
-    """The new database must open in the sandbox, hold at least one table with columns, and define no macro
-    named like a built-in function (`lower`, `version`: in DuckDB the file's macro wins over the built-in)."""
+    """The new database must open in the sandbox, hold at least one table with columns, define no macro named
+    like a built-in function (`lower`, `range`: in DuckDB the file's macro wins over the built-in), and have no
+    view whose query the sandbox would refuse (one reading `duckdb_databases()` would show server paths)."""
     from pipelines.sql.sandbox import SandboxLimits, introspect_in_sandbox
     from pipelines.sql.sandbox_worker import builtin_function_names
 
@@ -281,6 +282,10 @@ def _check_result(database: Path) -> None:
     if shadowing:
         raise BadInput(f"the DuckDB file defines macros named like built-in functions ({', '.join(shadowing[:5])}),"
                        " which would change what queries mean; drop them (DROP MACRO ...) and upload it again")
+    if found["refused_views"]:
+        name, reason = sorted(found["refused_views"].items())[0]
+        raise BadInput(f"the DuckDB file has a view that reads what queries may not: {name} ({reason}); drop it "
+                       "and upload the file again")
 
 
 # -- SQLite -> DuckDB through Python's sqlite3 (the DuckDB sqlite extension cannot be downloaded here) -------------
