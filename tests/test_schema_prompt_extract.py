@@ -48,6 +48,8 @@ def test_schema_from_pasted_ddl():
     ("CREATE TABLE t (id NOSUCHTYPE)", "unknown type"),
     ("CREATE TABLE t (id INT, ID TEXT)", "twice"),
     ("CREATE TABLE t (id INT REFERENCES nowhere(id))", "not in the schema"),
+    ("CREATE TABLE t (" + ", ".join(f"c{i} INT DEFAULT (1 + 1)" for i in range(4000)) + ")", "tokens"),
+    ("CREATE TABLE t (x INT);" * 10000, "characters"),
 ])
 def test_bad_ddl_is_a_clear_error(ddl, message):
     with pytest.raises(BadInput, match=message):

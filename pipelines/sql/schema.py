@@ -124,7 +124,8 @@ def read_schema_from_path(path: str | Path, **kwargs) -> Schema:
         return read_schema(con, **kwargs)
 
 
-MAX_DDL_CHARS = 200_000  # pasted schema text; sqlglot's parse time grows with it
+MAX_DDL_CHARS = 200_000  # pasted schema text; sqlglot's parse time grows with it ...
+MAX_DDL_TOKENS = 25_000  # ... and with its tokens: this many parse in about half a second (a big schema has ~5k)
 
 
 def schema_from_ddl(ddl: str, dialect: str = "duckdb") -> Schema:
@@ -142,7 +143,11 @@ def schema_from_ddl(ddl: str, dialect: str = "duckdb") -> Schema:
     if len(ddl) > MAX_DDL_CHARS:
         raise BadInput(f"the schema is too long ({len(ddl):,} characters; the limit is {MAX_DDL_CHARS:,})")
     try:
-        statements = [s for s in sqlglot.parse(ddl, read=dialect) if s is not None]
+        reader = sqlglot.Dialect.get_or_raise(dialect)
+        tokens = reader.tokenize(ddl)
+        if len(tokens) > MAX_DDL_TOKENS:
+            raise BadInput(f"the schema is too long ({len(tokens):,} tokens; the limit is {MAX_DDL_TOKENS:,})")
+        statements = [s for s in reader.parser().parse(tokens, ddl) if s is not None]
     except (sqlglot.errors.ParseError, sqlglot.errors.TokenError) as error:
         raise BadInput(f"could not parse the DDL: {str(error).splitlines()[0][:200]}") from None
     except RecursionError:
