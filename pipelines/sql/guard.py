@@ -1,19 +1,22 @@
 """The SQL guard: an allowlist check of one query before it may run, with a one-line reason on refusal.
 
 What passes (everything else is refused):
-- exactly one statement, and it is a query: SELECT / WITH / UNION-INTERSECT-EXCEPT / VALUES (with DuckDB's
+- exactly one statement, and it is a query: SELECT / WITH / UNION-INTERSECT-EXCEPT / VALUES / PIVOT (with DuckDB's
   extras: FROM-first, QUALIFY, GROUP BY ALL, `* EXCLUDE`, COLUMNS, ...), or DESCRIBE / SUMMARIZE / EXPLAIN of one;
 - no statement of any other kind anywhere inside it (DML in a CTE, SELECT ... INTO);
 - every table is a table of the database (or a CTE in scope); no other catalog or schema, no file, glob or URL
   (`FROM 'x.csv'` is DuckDB's replacement scan);
-- table functions only from TABLE_FUNCTIONS; other functions are DuckDB built-ins minus FORBIDDEN_FUNCTIONS.
+- table functions only from TABLE_FUNCTIONS; other functions are DuckDB built-ins minus FORBIDDEN_FUNCTIONS and
+  anything named duckdb_* or pragma_* (the lists are sandbox_worker's: the sandbox checks DuckDB's tree with them).
 
 The query is parsed by sqlglot in the dialect it was written in and `normalized` is sqlglot's DuckDB rendering of
-the checked tree, without comments. That text is then parsed again as DuckDB and checked again, and it must render
-back to itself: a dialect that reads some text differently from DuckDB (`$tag$ ... $tag$` is a string to DuckDB
-and not to sqlite or mysql) turns into a refusal, not into code the guard never saw.
+the checked tree, without comments. That text is then parsed again as DuckDB and checked again, and the two trees
+must hold the same tables, columns, literals and clauses: a dialect that reads some text differently from DuckDB
+(`$tag$ ... $tag$` is a string to DuckDB and not to sqlite or mysql) turns into a refusal, not into code the guard
+never saw.
 Names resolve as DuckDB resolves them: a CTE is visible only after its definition (a forward reference reads the
-catalog), and a CTE may not take the name of a system view, a table function or a catalog.
+catalog), and a CTE may not take the name of a system view (nor may a query read one).
+Functions and tables named like macros stored in the database (`macros=`) are refused: DuckDB would run the macro.
 The guard works under a budget (MAX_SQL_CHARS, MAX_TOKENS, MAX_NODES, TIME_BUDGET_S) and refuses, with that
 reason, a query that exceeds it; its scope analysis is one pass over the tree.
 SQL parsed as SQLite keeps SQLite's meaning of `"France"`: a double-quoted word that names no column in scope is
@@ -356,7 +359,6 @@ def _walk_with_scope(root: exp.Expression, budget: _Budget):
             for position, cte in enumerate(ctes):
                 names.setdefault(cte.alias.lower(), position)
             recursive = bool(with_clause.args.get("recursive"))
-            inner = scope
             for position, cte in enumerate(ctes):
                 # A CTE sees the ones before it (and itself, in WITH RECURSIVE); DuckDB reads a later one's
                 # name from the catalog.

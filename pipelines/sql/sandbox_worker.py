@@ -204,21 +204,20 @@ class Policy:
         raise Refusal(f"unknown table {name!r}")
 
     def check_tree(self, con: duckdb.DuckDBPyConnection, sql: str) -> None:
+        """Refuse `sql` (one SELECT) unless DuckDB's own parse tree of it names only what this policy allows."""
         try:
-            text = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0]
-            tree = json.loads(text)
+            tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
         except RecursionError:
             raise Refusal("the query is nested too deeply") from None
         if tree.get("error"):
             raise Refusal(f"DuckDB could not read the query: {str(tree.get('error_message'))[:200]}")
-        for name, kind, node in tree_names(tree):
-            lowered = name.lower()
+        names = tree_names(tree)
+        ctes = {name.lower() for name, kind, _ in names if kind == "cte"}
+        for name in ctes - self.tables:
             # (A CTE named like a table function shadows nothing: those are only ever called with parentheses.)
-            if kind == "cte" and lowered not in self.tables and (
-                    lowered in self.system_names or lowered.startswith(FORBIDDEN_PREFIXES)):
+            if name in self.system_names or name.startswith(FORBIDDEN_PREFIXES):
                 raise Refusal(f"a CTE may not be named like the system view {name!r}")
-        ctes = {name.lower() for name, kind, _ in tree_names(tree) if kind == "cte"}
-        for name, kind, node in tree_names(tree):
+        for name, kind, node in names:
             if kind in ("function", "table_function"):
                 if node.get("schema") or node.get("catalog"):
                     raise Refusal(f"functions are called by their plain name, not {node.get('schema')}.{name}()")
