@@ -345,3 +345,15 @@ def test_runaway_corpus_ends_bounded(env, case):
 def test_ddl_bombs_are_read_or_refused_fast_never_run(env, ddl):
     bounded, detail = _ddl_bounded(fill(ddl, env["secret"], env["out"]))
     assert bounded, detail
+
+
+def test_a_long_chain_of_views_over_a_refused_one_is_refused(tmp_path):
+    db = tmp_path / "chain.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE t AS SELECT 1 AS a; CREATE VIEW v0 AS SELECT path FROM duckdb_databases()")
+        for i in range(1, 15):
+            con.execute(f"CREATE VIEW v{i} AS SELECT * FROM v{i - 1}")
+        con.execute("CREATE VIEW fine AS SELECT a FROM t")
+    result = run_query(db, "SELECT * FROM v14", LIMITS)
+    assert result.error.kind == "blocked" and "v13" in result.error.message and result.rows == []
+    assert run_query(db, "SELECT * FROM fine", LIMITS).rows == [[1]]

@@ -275,6 +275,7 @@ ATTACKS: list[Case] = [
             "SELECT * FROM v_version",
             "SELECT * FROM v_chain",
             "SELECT * FROM customers WHERE name IN (SELECT path FROM v_paths)",
+            "WITH a AS (SELECT * FROM v_paths), v_paths AS (SELECT 1 AS path) SELECT * FROM a",
             db="crafted"),
 ]
 

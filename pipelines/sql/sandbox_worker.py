@@ -153,30 +153,37 @@ class Policy:
         self.refused_views = self._check_views(con)
 
     def _check_views(self, con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-        """{view: reason} for the database's views whose own query this policy refuses.
+        """{view: reason} for the database's views whose own query this policy refuses, or that read one.
 
         A view runs with the sandbox settings, so it cannot read files; but it could read what a query may not
-        (`CREATE VIEW v AS SELECT path FROM duckdb_databases()` names the server's folders). Views over refused
-        views are refused too (a few rounds settle any chain).
+        (`CREATE VIEW v AS SELECT path FROM duckdb_databases()` names the server's folders). Each view's query
+        is read once; refusals then spread to the views that read a refused one, however long the chain.
         """
-        views = con.execute("SELECT view_name, sql FROM duckdb_views() WHERE NOT internal "
-                            "AND database_name = current_database()").fetchall()
+        self.refused_views = {}  # while each view's own query is checked, other views count as tables
         refused: dict[str, str] = {}
-        self.refused_views = refused
-        for _ in range(min(len(views), 8) or 1):
-            before = len(refused)
-            for name, sql in views:
-                if name.lower() in refused:
-                    continue
-                match = _VIEW_PREFIX.match(sql or "")
-                try:
-                    if not match:
-                        raise Refusal("its definition could not be read")
-                    self.check_tree(con, sql[match.end():].rstrip().rstrip(";"))
-                except Refusal as refusal:
-                    refused[name.lower()] = str(refusal)
-            if len(refused) == before:
-                break
+        readers: dict[str, list[str]] = {}  # view -> the views whose query reads it
+        for name, sql in con.execute("SELECT view_name, sql FROM duckdb_views() WHERE NOT internal "
+                                     "AND database_name = current_database()").fetchall():
+            match = _VIEW_PREFIX.match(sql or "")
+            try:
+                if not match:
+                    raise Refusal("its definition could not be read")
+                names = self._parse(con, sql[match.end():].rstrip().rstrip(";"))
+                self.check_names(names)
+            except Refusal as refusal:
+                refused[name.lower()] = str(refusal)
+                continue
+            ctes = {n.lower() for n, kind, _ in names if kind == "cte"}
+            for table, kind, _ in names:
+                if kind == "table" and table.lower() not in ctes:
+                    readers.setdefault(table.lower(), []).append(name.lower())
+        queue = list(refused)
+        while queue:
+            view = queue.pop()
+            for reader in readers.get(view, []):
+                if reader not in refused:
+                    refused[reader] = f"it reads the view {view!r}, which {refused[view]}"
+                    queue.append(reader)
         return refused
 
     def check_function(self, name: str, *, table: bool = False) -> None:
@@ -198,25 +205,35 @@ class Policy:
         if lowered in ctes and lowered not in self.system_names:
             return
         if lowered in self.refused_views:
-            raise Refusal(f"the view {name!r} reads what queries may not ({self.refused_views[lowered]})")
+            raise Refusal(f"the view {name!r} is not run: {self.refused_views[lowered]}")
         if lowered in self.tables:
             return
         raise Refusal(f"unknown table {name!r}")
 
     def check_tree(self, con: duckdb.DuckDBPyConnection, sql: str) -> None:
         """Refuse `sql` (one SELECT) unless DuckDB's own parse tree of it names only what this policy allows."""
+        self.check_names(self._parse(con, sql))
+
+    @staticmethod
+    def _parse(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[str, str, dict]]:
         try:
             tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
         except RecursionError:
             raise Refusal("the query is nested too deeply") from None
         if tree.get("error"):
             raise Refusal(f"DuckDB could not read the query: {str(tree.get('error_message'))[:200]}")
-        names = tree_names(tree)
+        return tree_names(tree)
+
+    def check_names(self, names: list[tuple[str, str, dict]]) -> None:
         ctes = {name.lower() for name, kind, _ in names if kind == "cte"}
         for name in ctes - self.tables:
-            # (A CTE named like a table function shadows nothing: those are only ever called with parentheses.)
+            # DuckDB reads the catalog wherever the CTE is not in scope (a forward reference), so a CTE may not
+            # take the name of a system view. (One named like a table function shadows nothing: those take
+            # parentheses.)
             if name in self.system_names or name.startswith(FORBIDDEN_PREFIXES):
                 raise Refusal(f"a CTE may not be named like the system view {name!r}")
+        for name in ctes & set(self.refused_views):
+            raise Refusal(f"a CTE may not be named like the view {name!r}, which {self.refused_views[name]}")
         for name, kind, node in names:
             if kind in ("function", "table_function"):
                 if node.get("schema") or node.get("catalog"):
