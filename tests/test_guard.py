@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipelines.sql.guard import GuardResult, check_sql
-from pipelines.sql.redteam import ATTACKS, BENIGN, GUARD_ONLY
+from pipelines.sql.redteam import ATTACKS, BENIGN, GUARD_ONLY, MACROS
 
 TABLES = ["customers", "orders", "products", "order_items", "updates"]
 SPIDER_DIR = Path(os.environ.get("VOXQL_SPIDER_DIR") or Path(__file__).resolve().parents[2] / "shared" / "spider")
@@ -27,9 +27,19 @@ def _ids(cases):
     return [f"{c.category}-{i}" for i, c in enumerate(cases)]
 
 
+def _macros(case) -> list[str]:
+    """The macros stored in the case's fixture database (the guard gets them from the database's schema)."""
+    return list(MACROS) if case.db == "crafted" else []
+
+
+def _tables(case) -> list[str]:
+    """The case's database's tables, as the sandbox's schema read gives them (refused views left out)."""
+    return TABLES + ["v_ok"] if case.db == "crafted" else TABLES
+
+
 @pytest.mark.parametrize("case", ATTACKS, ids=_ids(ATTACKS))
 def test_attacks_are_refused_with_a_one_line_reason(case):
-    verdict = check_sql(_fill(case.sql), TABLES, dialect=case.dialect)
+    verdict = check_sql(_fill(case.sql), _tables(case), dialect=case.dialect, macros=_macros(case))
     assert not verdict.allowed, verdict
     assert verdict.normalized is None
     assert verdict.reason and "\n" not in verdict.reason and len(verdict.reason) < 300
@@ -42,10 +52,10 @@ def test_policy_cases_are_refused(case):
 
 @pytest.mark.parametrize("case", BENIGN, ids=_ids(BENIGN))
 def test_benign_queries_are_allowed(case):
-    verdict = check_sql(case.sql, TABLES, dialect=case.dialect)
+    verdict = check_sql(case.sql, _tables(case), dialect=case.dialect, macros=_macros(case))
     assert verdict.allowed, verdict.reason
     assert verdict.normalized and verdict.reason is None
-    assert check_sql(verdict.normalized, TABLES).allowed  # what runs passes the guard again
+    assert check_sql(verdict.normalized, _tables(case)).allowed  # what runs passes the guard again
 
 
 def test_corpora_are_big_enough():
@@ -53,7 +63,10 @@ def test_corpora_are_big_enough():
     categories = {c.category for c in ATTACKS}
     assert {"ddl", "dml", "cte_dml", "stacked", "file_read", "file_write", "network", "attach", "extensions",
             "settings", "call_prepare", "transactions", "maintenance", "secrets", "explain_nonquery",
-            "select_into", "unicode", "nested", "case_and_comments"} <= categories
+            "select_into", "unicode", "nested", "case_and_comments", "dialect_confusion", "system_names",
+            "instance_functions", "pivot", "stored_macros", "stored_views"} <= categories
+    assert all(sum(c.category == name for c in ATTACKS) >= 4 for name in
+               ("dialect_confusion", "system_names", "instance_functions", "pivot", "stored_macros", "stored_views"))
 
 
 @pytest.mark.parametrize("sql, words", [
@@ -168,7 +181,8 @@ def _mutate(sql: str, rng: random.Random) -> str:
 @given(st.integers(min_value=0, max_value=len(ATTACKS) - 1), st.randoms(use_true_random=False))
 def test_fuzz_mutated_attacks_stay_refused(index, rng):
     case = ATTACKS[index]
-    assert not check_sql(_mutate(_fill(case.sql), rng), TABLES, dialect=case.dialect).allowed
+    assert not check_sql(_mutate(_fill(case.sql), rng), _tables(case), dialect=case.dialect,
+                         macros=_macros(case)).allowed
 
 
 # -- SQLite's double-quoted strings ---------------------------------------------------------------------------
@@ -212,3 +226,96 @@ def test_double_quoted_columns_stay_columns_and_duckdb_sql_is_untouched():
 def test_sqlite_group_by_and_like_keep_their_meaning_in_duckdb(sql, normalized):
     verdict = check_sql(sql, SINGERS, dialect="sqlite", columns=SINGERS)
     assert verdict.allowed and verdict.normalized == normalized
+
+
+# -- what DuckDB will run, read as DuckDB reads it --------------------------------------------------------------
+@pytest.mark.parametrize("dialect", ["sqlite", "mysql", "bigquery", "tsql", "snowflake", "oracle", "hive"])
+@pytest.mark.parametrize("sql", [
+    "SELECT $a$ -- $a$, (SELECT content FROM read_text('/etc/passwd'))",
+    "SELECT $$ /* $$, * FROM duckdb_settings() -- */",
+    "SELECT 1 AS $q$, name FROM customers -- $q$ FROM duckdb_databases()",
+    "SELECT $x$ # $x$, (SELECT * FROM query('SELECT 1'))",
+])
+def test_dialect_confusion_is_refused(dialect, sql):
+    verdict = check_sql(sql, TABLES, dialect=dialect)
+    assert not verdict.allowed, verdict
+
+
+def test_dollar_quoted_strings_still_work_where_they_are_strings():
+    assert check_sql("SELECT name FROM customers WHERE name = $$Ada$$", TABLES, dialect="postgres").normalized == \
+        "SELECT name FROM customers WHERE name = 'Ada'"
+    assert check_sql("SELECT $tag$it's$tag$ AS s", TABLES).allowed
+
+
+def test_normalized_sql_has_no_comments():
+    assert check_sql("SELECT 1 /* DROP */ -- x\n FROM orders", TABLES).normalized == "SELECT 1 FROM orders"
+
+
+@pytest.mark.parametrize("sql, words", [
+    ("WITH a AS (SELECT name FROM pg_settings), pg_settings AS (SELECT 1 AS name) SELECT * FROM a", "pg_settings"),
+    ("WITH duckdb_databases AS (SELECT 1 AS path) SELECT path FROM duckdb_databases", "duckdb_databases"),
+    ("WITH a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a", "unknown table 'b'"),  # a forward reference
+    ("WITH a AS (WITH b AS (SELECT 1) SELECT * FROM b) SELECT * FROM a, b", "unknown table 'b'"),  # out of scope
+    ("SELECT * FROM pg_settings", "system view"),
+    ("SELECT path FROM duckdb_databases", "system view"),
+    ("SELECT * FROM sqlite_master", "system view"),
+])
+def test_names_resolve_as_duckdb_resolves_them(sql, words):
+    for tables in (TABLES, None):  # system views are refused even when table names are not checked
+        verdict = check_sql(sql, tables)
+        if tables is None and "unknown table" in words:
+            continue
+        assert not verdict.allowed and words in verdict.reason, verdict
+
+
+def test_ctes_in_order_recursive_and_nested_are_fine():
+    assert check_sql("WITH a AS (SELECT 1 AS x), b AS (SELECT * FROM a) SELECT * FROM b, a", []).allowed
+    assert check_sql("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3) "
+                     "SELECT * FROM n", []).allowed
+    assert check_sql("WITH a AS (SELECT 1) SELECT * FROM (WITH b AS (SELECT * FROM a) SELECT * FROM b)", []).allowed
+    assert check_sql("WITH customers AS (SELECT 1 AS id) SELECT * FROM customers", TABLES).allowed
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT version()", "SELECT VERSION()", "SELECT current_query_id()", "SELECT current_connection_id()",
+    "SELECT current_transaction_id()", "SELECT txid_current()", "SELECT platform()", "SELECT user_agent()",
+    "SELECT json_serialize_plan('SELECT current_setting(''memory_limit'')', optimize := true)",
+    "SELECT json_serialize_sql('SELECT 1')", "SELECT current_database()", "SELECT current_user",
+    "SELECT duckdb_api()", "SELECT * FROM duckdb_memory()", "SELECT stats(id) FROM customers",
+    "SELECT getvariable('x')", "SELECT * FROM pragma_database_size()",
+])
+def test_instance_revealing_functions_are_refused(sql):
+    verdict = check_sql(sql, TABLES)
+    assert not verdict.allowed and "not allowed" in verdict.reason, verdict
+
+
+def test_pivot_statements_are_queries():
+    assert check_sql("PIVOT orders ON status USING count(*)", TABLES).allowed
+    assert check_sql("PIVOT orders ON status USING sum(amount) GROUP BY customer_id", TABLES).allowed
+    assert not check_sql("PIVOT (SELECT * FROM duckdb_settings()) ON name USING first(value)", TABLES).allowed
+    assert not check_sql("PIVOT nope ON status USING count(*)", TABLES).allowed
+
+
+def test_stored_macros_are_refused():
+    verdict = check_sql("SELECT lower(name) FROM customers", TABLES, macros=["lower"])
+    assert not verdict.allowed and "macro" in verdict.reason
+    assert check_sql("SELECT upper(name) FROM customers", TABLES, macros=["lower"]).allowed
+
+
+def test_the_guard_has_a_size_and_time_budget(monkeypatch):
+    import pipelines.sql.guard as guard
+
+    verdict = check_sql("SELECT " + "1 + " * 6000 + "1", TABLES)
+    assert not verdict.allowed and "tokens" in verdict.reason
+    monkeypatch.setattr(guard, "TIME_BUDGET_S", 0.0)
+    verdict = check_sql("SELECT * FROM orders", TABLES)
+    assert not verdict.allowed and "too complex to check" in verdict.reason
+
+
+def test_many_ctes_check_within_the_budget():
+    """400 CTEs, each reading the 8 before it: checked (in one pass over the tree) well within the budget."""
+    sql = "WITH " + ", ".join(
+        f"c{i} AS (SELECT * FROM " + (", ".join(f"c{j}" for j in range(max(0, i - 8), i)) or "orders") + ")"
+        for i in range(400)) + " SELECT 1 FROM c399"
+    verdict = check_sql(sql, TABLES)
+    assert verdict.allowed, verdict.reason  # a refusal here would say "too complex to check"

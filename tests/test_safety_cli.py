@@ -88,6 +88,9 @@ def test_redteam_command_reports_perfect_rates(tmp_path, capsys):
     assert report["rates"]["attacks_refused_by_guard_pct"] == 100.0
     assert report["rates"]["attacks_refused_by_sandbox_pct"] == 100.0
     assert report["rates"]["benign_refused_pct"] == 0.0 and report["perfect"]
+    assert report["rates"]["runaway_bounded_pct"] == report["rates"]["ddl_bombs_bounded_pct"] == 100.0
+    assert {"dialect_confusion", "system_names", "instance_functions", "pivot", "stored_macros"} <= \
+        set(report["by_category"])
     assert "refused by the guard 100.0%" in capsys.readouterr().out
 
 
@@ -112,3 +115,45 @@ def test_module_entry_point_exit_code(db):
     refused = subprocess.run([*command, "COPY orders TO 'x.csv'"], cwd=REPO_ROOT, capture_output=True, text=True,
                              timeout=120)
     assert refused.returncode == 1 and json.loads(refused.stdout)["error"]["kind"] == "blocked"
+
+
+SHOP_DDL = ("CREATE TABLE customers (id INTEGER PRIMARY KEY, name VARCHAR, country VARCHAR);\n"
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER REFERENCES customers(id), "
+            "\"order\" INTEGER DEFAULT (length(repeat('x', 4000000000))));")
+
+
+def test_check_sql_with_a_pasted_schema_file(tmp_path, capsys):
+    schema = tmp_path / "shop.sql"
+    schema.write_text(SHOP_DDL)
+    code, out = run_cli(["check-sql", "--schema", str(schema), "--sql", 'SELECT "order" FROM orders'], capsys)
+    assert code == 0 and out[0]["allowed"] and out[0]["normalized"] == 'SELECT "order" FROM orders'
+    code, out = run_cli(["check-sql", "--schema", str(schema), "--sql", "SELECT * FROM products"], capsys)
+    assert code == 1 and "unknown table 'products'" in out[0]["reason"]
+
+
+def test_check_sql_refuses_db_and_schema_together(db, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_cli(["check-sql", "--db", str(db), "--schema", str(tmp_path / "x.sql"), "--sql", "SELECT 1"], capsys)
+
+
+def test_sql_command_with_a_pasted_schema_checks_without_running(tmp_path, capsys, monkeypatch):
+    from pipelines.sql import cli
+    from tests.test_spider_evaluate import ScriptedEngine
+
+    schema = tmp_path / "shop.sql"
+    schema.write_text(SHOP_DDL)
+    engine = ScriptedEngine({"How many orders?": "SELECT count(*) FROM orders",
+                             "Read a file": "SELECT * FROM read_text('/etc/passwd')"})
+    monkeypatch.setattr(cli, "sql_engine_from_args", lambda args: engine)
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["sql", "--schema", str(schema), "--question", "How many orders?", "--no-constrain",
+                              "--max-retries", "0", "--profile", "cpu"])
+    assert args.func(args) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["executed"] is False and answer["error"] is None and "orders" in answer["sql"].lower()
+    assert "CREATE TABLE orders" in engine.prompts[0][0]["content"]  # the pasted schema is the prompt's schema
+    args = parser.parse_args(["sql", "--schema", str(schema), "--question", "Read a file", "--no-constrain",
+                              "--max-retries", "0", "--profile", "cpu"])
+    assert args.func(args) == 1
+    assert "read_text" in json.loads(capsys.readouterr().out)["error"]

@@ -45,7 +45,11 @@ def test_schema_from_pasted_ddl():
     ("DROP TABLE t", "only CREATE TABLE"),
     ("CREATE TABLE t AS SELECT 1", "only CREATE TABLE"),
     ("CREATE TABLE t (id INT", "could not parse"),
-    ("CREATE TABLE t (id NOSUCHTYPE)", "DuckDB refused"),
+    ("CREATE TABLE t (id NOSUCHTYPE)", "unknown type"),
+    ("CREATE TABLE t (id INT, ID TEXT)", "twice"),
+    ("CREATE TABLE t (id INT REFERENCES nowhere(id))", "not in the schema"),
+    ("CREATE TABLE t (" + ", ".join(f"c{i} INT DEFAULT (1 + 1)" for i in range(4000)) + ")", "tokens"),
+    ("CREATE TABLE t (x INT);" * 10000, "characters"),
 ])
 def test_bad_ddl_is_a_clear_error(ddl, message):
     with pytest.raises(BadInput, match=message):
@@ -80,3 +84,28 @@ def test_prompt_is_the_seed_format():
 ])
 def test_extract_sql(reply, sql):
     assert extract_sql(reply) == sql
+
+
+def test_pasted_ddl_is_parsed_never_executed():
+    """A DEFAULT that would take gigabytes to evaluate is never evaluated: only names, types and keys are read."""
+    import time
+
+    started = time.perf_counter()
+    schema = schema_from_ddl(
+        "CREATE TABLE b (x INT DEFAULT (length(repeat('x', 4000000000)) + 0) CHECK (x > 0), "
+        "y INT GENERATED ALWAYS AS (x + 1), \"order\" VARCHAR(20) NOT NULL, PRIMARY KEY (x));"
+        "CREATE TABLE a (id INT, b_x INT, FOREIGN KEY (b_x) REFERENCES b)")  # pasted before its target: fine
+    assert time.perf_counter() - started < 2
+    assert schema.to_ddl().splitlines() == [
+        'CREATE TABLE b (x INTEGER PRIMARY KEY, y INTEGER, "order" VARCHAR);',
+        "CREATE TABLE a (id INTEGER, b_x INTEGER, FOREIGN KEY (b_x) REFERENCES b(x));",
+    ]
+    assert schema_from_ddl(schema.to_ddl()).to_ddl() == schema.to_ddl()  # reserved words come back quoted
+
+
+def test_pasted_types_read_as_duckdb_names():
+    schema = schema_from_ddl("CREATE TABLE t (a TEXT, b DECIMAL(8,2), c NUMERIC, d DOUBLE, e TIMESTAMP, f BLOB, "
+                             "g BIGINT, h DATE, i BOOLEAN, j INTEGER[])")
+    assert [c.type for c in schema.tables[0].columns] == [
+        "VARCHAR", "DECIMAL(8,2)", "DECIMAL(18,3)", "DOUBLE", "TIMESTAMP", "BLOB", "BIGINT", "DATE", "BOOLEAN",
+        "INTEGER[]"]

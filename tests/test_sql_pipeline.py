@@ -120,3 +120,16 @@ def test_the_models_sqlite_runs_with_sqlites_meaning(engine, shop):
     assert not answer.ok and "DE" in answer.error  # typed by hand, SQL is DuckDB's
     verdict = shop.check('SELECT count(*) FROM customers WHERE country = "DE"', "sqlite")
     assert verdict.allowed and "'DE'" in verdict.normalized and shop.run(verdict.normalized).ok
+
+
+def test_a_busy_sandbox_is_answered_at_once_without_asking_the_model_again(shop_db, monkeypatch):
+    from pipelines.sql import databases
+    from pipelines.sql.sandbox import failed
+    from tests.test_spider_evaluate import ScriptedEngine
+
+    monkeypatch.setattr(databases, "run_query", lambda path, sql, limits: failed(
+        sql, "busy", "the SQL sandbox is busy (9 queries ahead of this one); try again in a moment"))
+    engine = ScriptedEngine({TAUGHT_QUESTION: TAUGHT_SQL})
+    answer = ask(TAUGHT_QUESTION, DuckDBDatabase(shop_db), engine, max_retries=2, constrain=False)
+    assert answer.error.startswith("busy:") and "try again" in answer.error
+    assert len(answer.attempts) == 1 and len(engine.prompts) == 1  # no retry: the query was fine

@@ -171,3 +171,61 @@ def test_spider_database_converts_with_its_keys(tmp_path):
         for table in schema.table_names():
             assert _rows(target, f'SELECT count(*) FROM "{table}"')[0][0] == \
                 con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+
+
+def test_sqlite_keywords_and_generated_columns(session, tmp_path):
+    """A table and columns named like keywords upload and can be asked about; generated columns are kept."""
+    from pipelines.sql.databases import DuckDBDatabase
+    from pipelines.sql.values import schema_with_values
+
+    path = tmp_path / "keywords.sqlite"
+    con = sqlite3.connect(path)
+    con.executescript("""
+        CREATE TABLE "order" ("order" INTEGER PRIMARY KEY, "group" TEXT, price REAL, qty INT,
+                              total REAL GENERATED ALWAYS AS (price * qty) VIRTUAL,
+                              label TEXT GENERATED ALWAYS AS (upper("group")) STORED);
+        INSERT INTO "order" ("order", "group", price, qty) VALUES (1, 'a', 2.5, 2), (2, 'b', 1.0, 3);
+        CREATE TABLE item (id INTEGER PRIMARY KEY, order_id INTEGER REFERENCES "order"("order"));
+        INSERT INTO item VALUES (1, 1);
+    """)
+    con.close()
+    database = DuckDBDatabase(import_upload(path, session))
+    assert 'CREATE TABLE "order" ("order" BIGINT PRIMARY KEY, "group" VARCHAR, price DOUBLE, qty BIGINT, ' \
+           'total DOUBLE, label VARCHAR);' in database.schema.to_ddl()
+    assert 'REFERENCES "order"("order")' in database.schema.to_ddl()
+    assert database.run('SELECT "order", total, label FROM "order" ORDER BY 1').rows == [[1, 5.0, "A"], [2, 3.0, "B"]]
+    assert "order.group 'a', 'b'" in schema_with_values(database, "which order is in group a")
+
+
+def test_import_output_size_is_capped(session, tmp_path, monkeypatch):
+    import random
+    import string
+
+    monkeypatch.setenv("VOXQL_MAX_IMPORT_MB", "1")
+    rng = random.Random(0)
+    path = tmp_path / "wide.csv"
+    path.write_text("id,s\n" + "".join(f"{i},{''.join(rng.choices(string.ascii_letters, k=40))}\n"
+                                       for i in range(60000)))
+    with pytest.raises(BadInput, match="larger than 1 MB"):
+        import_upload(path, session)
+    assert list(session.iterdir()) == []
+
+
+def test_duckdb_files_whose_macros_shadow_built_ins_are_refused(session, tmp_path):
+    source = tmp_path / "macros.duckdb"
+    with duckdb.connect(str(source)) as con:
+        con.execute("CREATE TABLE t AS SELECT 'A' AS s; CREATE MACRO lower(x) AS 'pwned'; "
+                    "CREATE MACRO range(n) AS TABLE SELECT 1; CREATE MACRO mine(x) AS x + 1")
+    with pytest.raises(BadInput, match=r"macros named like built-in functions \(lower, range\)"):
+        import_upload(source, session)
+    assert list(session.iterdir()) == []
+
+
+def test_duckdb_files_with_views_over_the_instance_are_refused(session, tmp_path):
+    source = tmp_path / "views.duckdb"
+    with duckdb.connect(str(source)) as con:
+        con.execute("CREATE TABLE t AS SELECT 1 AS a; CREATE VIEW fine AS SELECT a + 1 AS b FROM t; "
+                    "CREATE VIEW where_am_i AS SELECT path FROM duckdb_databases()")
+    with pytest.raises(BadInput, match=r"view that reads what queries may not: where_am_i \(duckdb_databases"):
+        import_upload(source, session)
+    assert list(session.iterdir()) == []

@@ -40,16 +40,17 @@ def json_default(value):
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from pipelines.sql.databases import open_database
+    from pipelines.sql.databases import database_from_args, open_database
     from pipelines.sql.pipeline import ask
 
     with tempfile.TemporaryDirectory(prefix="voxql-cli-") as workdir:
-        database = open_database(args.db, Path(workdir))
+        # --schema is the UI's pasted-schema mode: the SQL is generated and checked, never run.
+        database = database_from_args(None, args.schema) if args.schema else open_database(args.db, Path(workdir))
         engine = sql_engine_from_args(args)
         answer = ask(args.question, database, engine, max_retries=args.max_retries,
                      dialect=profile_from_args(args).sql_dialect, constrain=not args.no_constrain)
     print(json.dumps(answer.to_dict(), default=json_default))
-    return 0 if answer.executed and answer.ok else 1
+    return 0 if answer.ok and (answer.executed or not database.can_execute) else 1
 
 
 def cmd_build_demo_dbs(args: argparse.Namespace) -> int:
@@ -62,7 +63,10 @@ def cmd_build_demo_dbs(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("sql", help="answer a question about a database with generated SQL")
-    parser.add_argument("--db", required=True, help="DuckDB, SQLite, CSV or Parquet file")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--db", help="DuckDB, SQLite, CSV or Parquet file")
+    target.add_argument("--schema", metavar="FILE.sql", help="CREATE TABLE statements only (the UI's pasted-schema "
+                                                             "mode): the SQL is generated and checked, not run")
     parser.add_argument("--question", required=True)
     parser.add_argument("--max-retries", type=int, default=2, help="self-corrections after an error (default 2)")
     parser.add_argument("--no-constrain", action="store_true",

@@ -154,6 +154,8 @@ def ask_stream(
             answer.error = None
             break
         answer.error = attempt.error
+        if attempt.error.startswith("busy:"):  # the sandbox is full: another query from the model would not help
+            break
         messages = retry_messages(messages, reply, attempt.error, dialect)
 
     answer.timings.tokens_per_s = generated_tokens / decode_s if decode_s > 0 else None

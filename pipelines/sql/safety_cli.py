@@ -62,9 +62,14 @@ def _open(path: str):
 
 
 def _add_input_arguments(parser: argparse.ArgumentParser, *, db_required: bool) -> None:
-    parser.add_argument("--db", required=db_required,
-                        help="DuckDB file (its tables are the ones queries may read)"
-                             + ("" if db_required else "; without it table names are not checked"))
+    if db_required:
+        parser.add_argument("--db", required=True, help="DuckDB file (its tables are the ones queries may read)")
+    else:
+        target = parser.add_mutually_exclusive_group()
+        target.add_argument("--db", help="DuckDB file (its tables are the ones queries may read); without --db "
+                                         "or --schema table names are not checked")
+        target.add_argument("--schema", metavar="FILE.sql",
+                            help="CREATE TABLE statements (the UI's pasted-schema mode): check against those tables")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--sql", help="one query")
     source.add_argument("--jsonl", help='file (or - for stdin) of {"sql": ...} lines')
@@ -74,16 +79,18 @@ def _add_input_arguments(parser: argparse.ArgumentParser, *, db_required: bool) 
 
 # -- check-sql -----------------------------------------------------------------------------------------------------
 def cmd_check_sql(args: argparse.Namespace) -> int:
+    from pipelines.sql.databases import database_from_args
     from pipelines.sql.guard import check_sql
-    from pipelines.sql.sandbox import table_names
 
-    tables = table_names(args.db) if args.db else None
+    # The same check as the app: a database's tables, columns and stored macros, or a pasted schema's tables.
+    database = database_from_args(args.db, args.schema) if args.db or args.schema else None
     all_allowed = True
     for item in read_queries(args):
         if "bad" in item:
             out = {"sql": item["sql"], "allowed": False, "reason": item["bad"], "normalized": None}
         else:
-            verdict = check_sql(item["sql"], tables, dialect=item["dialect"])
+            verdict = (database.check(item["sql"], item["dialect"]) if database is not None
+                       else check_sql(item["sql"], None, dialect=item["dialect"]))
             out = {"sql": verdict.sql, "allowed": verdict.allowed, "reason": verdict.reason,
                    "normalized": verdict.normalized}
         all_allowed &= out["allowed"]
@@ -116,7 +123,7 @@ def cmd_run_sql(args: argparse.Namespace) -> int:
 
 # -- redteam-sql ---------------------------------------------------------------------------------------------------
 def cmd_redteam_sql(args: argparse.Namespace) -> int:
-    from pipelines.sql.redteam import ATTACKS, BENIGN, GUARD_ONLY, evaluate
+    from pipelines.sql.redteam import ATTACKS, BENIGN, DDL_BOMBS, GUARD_ONLY, RUNAWAY, evaluate
 
     report = evaluate()
     rates = report.rates()
@@ -126,6 +133,8 @@ def cmd_redteam_sql(args: argparse.Namespace) -> int:
     print(f"guard-only policy cases: {len(GUARD_ONLY)}; refused {rates['guard_only_refused_pct']}%")
     print(f"benign queries: {len(BENIGN)}; refused by the guard {rates['benign_refused_pct']}%, "
           f"failed to run {rates['benign_failed_pct']}%")
+    print(f"runaway queries: {len(RUNAWAY)}; bounded {rates['runaway_bounded_pct']}%; "
+          f"pasted-schema bombs: {len(DDL_BOMBS)}; read or refused in time {rates['ddl_bombs_bounded_pct']}%")
     print(f"database unchanged: {report.database_unchanged}; nothing written: {report.nothing_written}; "
           f"secret never returned: {report.secret_never_returned}")
     for failure in report.failures:

@@ -32,11 +32,14 @@ from pathlib import Path
 
 from pipelines.errors import BadInput
 from pipelines.sql import sandbox_worker
+from pipelines.sql.schema import Schema, schema_from_rows
 
 WORKER_SCRIPT = Path(sandbox_worker.__file__)
 WORKER_START_TIMEOUT_S = 60.0
 MAX_QUERIES_PER_WORKER = 500  # recycle now and then: a long-lived process only grows
-ERROR_KINDS = ("blocked", "timeout", "memory", "sql_error", "bad_input")
+ERROR_KINDS = ("blocked", "timeout", "memory", "sql_error", "bad_input", "busy")
+MAX_QUEUED_PER_WORKER = 32  # more queries than this waiting per worker: "busy, try again" at once
+WORKER_PREFIX = "voxql-sql-worker-"
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class SandboxLimits:
 
 @dataclass
 class QueryError:
-    kind: str  # blocked | timeout | memory | sql_error | bad_input
+    kind: str  # blocked | timeout | memory | sql_error | bad_input | busy
     message: str
 
 
@@ -108,7 +111,7 @@ def run_guarded(db_path: str | Path, sql: str, limits: SandboxLimits = SandboxLi
         tables = table_names(db_path)
     except BadInput as error:
         return failed(sql if isinstance(sql, str) else repr(sql), "bad_input", str(error))
-    verdict = check_sql(sql, tables, dialect=dialect)
+    verdict = check_sql(sql, tables, dialect=dialect, macros=database_schema(db_path).macros)
     if not verdict.allowed:
         return failed(verdict.sql, "blocked", verdict.reason or "refused",
                       (time.perf_counter() - started) * 1000)
@@ -119,26 +122,53 @@ def run_guarded(db_path: str | Path, sql: str, limits: SandboxLimits = SandboxLi
 
 
 def table_names(db_path: str | Path) -> list[str]:
-    """The database's tables and views, cached per file version (the guard needs them on every query)."""
+    """The database's tables and views (the guard needs them on every query)."""
+    return database_schema(db_path).table_names()
+
+
+def database_schema(db_path: str | Path, limits: SandboxLimits = SandboxLimits()) -> Schema:
+    """The schema of a DuckDB file, read once per file version inside the sandbox and cached.
+
+    An uploaded file is untrusted: it is opened only in a worker, with the sandbox settings and limits, never
+    in this process (opening a big one here cost seconds and gigabytes on every request).
+    """
     path = Path(db_path)
     try:
         stat = path.stat()
     except OSError:
         raise BadInput(f"no such database file: {path}") from None
-    return list(_table_names(str(path.resolve()), stat.st_mtime_ns, stat.st_size))
+    return _cached_schema(str(path.resolve()), stat.st_mtime_ns, stat.st_size, limits)
 
 
 @functools.lru_cache(maxsize=64)
-def _table_names(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
-    import duckdb
+def _cached_schema(path: str, mtime_ns: int, size: int, limits: SandboxLimits) -> Schema:
+    return read_schema_in_sandbox(path, limits)
 
-    from pipelines.sql.schema import read_schema_from_path
 
-    _check_database_file(Path(path))
-    try:
-        return tuple(read_schema_from_path(path).table_names())
-    except duckdb.Error as error:
-        raise BadInput(f"cannot open the database: {str(error).splitlines()[0]}") from None
+def read_schema_in_sandbox(db_path: str | Path, limits: SandboxLimits = SandboxLimits()) -> Schema:
+    """The schema, read in a worker (uncached); BadInput with a one-line reason when the file does not open."""
+    found = introspect_in_sandbox(db_path, limits)
+    # A view the sandbox refuses to run (it reads what queries may not) is not part of what can be asked about:
+    # left out of the schema, the prompt does not offer it and the guard does not know it.
+    refused = {name.lower() for name in found["refused_views"]}
+    columns = [row for row in found["columns"] if str(row[0]).lower() not in refused]
+    return schema_from_rows(columns, found["constraints"], found["macros"])
+
+
+def introspect_in_sandbox(db_path: str | Path, limits: SandboxLimits = SandboxLimits()) -> dict:
+    """sandbox_worker.introspect's rows ({"columns", "constraints", "macros", "refused_views"}), read in a worker."""
+    db_path = _check_inputs(db_path, "SELECT 1", limits)
+    request_limits = {**asdict(limits), "process_memory_bytes": _process_memory_bytes(limits)}
+    if limits.isolation == "inline":
+        reply = sandbox_worker.read_schema(str(db_path), request_limits)
+    else:
+        reply = _pool().run({"op": "schema", "db": str(db_path), "limits": request_limits}, limits)
+    error = reply.get("error")
+    if error:
+        raise BadInput(f"cannot open the database: {error['message']}")
+    found = reply.get("schema") or {}
+    return {"columns": found.get("columns") or [], "constraints": found.get("constraints") or [],
+            "macros": found.get("macros") or [], "refused_views": found.get("refused_views") or {}}
 
 
 # -- inputs ------------------------------------------------------------------------------------------------------
@@ -190,13 +220,18 @@ class _Worker:
     """One `python -I sandbox_worker.py` process, in its own empty folder, with a scrubbed environment."""
 
     def __init__(self) -> None:
-        self.folder = tempfile.mkdtemp(prefix="voxql-sql-worker-")
+        # The app's pid in the name: folders of an app that died are swept by the next one (_sweep_folders).
+        self.folder = tempfile.mkdtemp(prefix=f"{WORKER_PREFIX}{os.getpid()}-")
         env = {"HOME": self.folder, "TMPDIR": self.folder, "PATH": os.defpath, "LANG": "C.UTF-8",
                "MALLOC_ARENA_MAX": "2"}  # fewer glibc arenas: less address space reserved per thread
-        self.process = subprocess.Popen(
-            [sys.executable, "-I", str(WORKER_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, cwd=self.folder, env=env, start_new_session=True,
-        )
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", str(WORKER_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, cwd=self.folder, env=env, start_new_session=True,
+            )
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
         self.queries = 0
         self._buffer = b""
         if self._read_line(time.monotonic() + WORKER_START_TIMEOUT_S, 1024) is None:
@@ -217,7 +252,9 @@ class _Worker:
         try:
             reply = json.loads(line)
             reply["rows"] = sandbox_worker.decode_rows(reply.get("rows") or [])
-        except (ValueError, TypeError, KeyError):
+        except RecursionError:  # the worker cuts values at MAX_VALUE_DEPTH; this is a last line of defence
+            return {"error": {"kind": "sql_error", "message": "the result is nested too deeply to show"}}
+        except (ValueError, TypeError, KeyError, AttributeError):
             return None  # not what a healthy worker writes: treat it as broken
         return reply
 
@@ -255,24 +292,44 @@ class _Worker:
 
 
 class WorkerPool:
-    """Up to `size` worker processes, reused across queries; a broken one is killed and replaced on demand."""
+    """Up to `size` worker processes, reused across queries; a broken one is killed and replaced on demand.
+
+    Time spent waiting for a worker counts in the query's timeout. A query is answered "busy" at once, instead
+    of waiting out its timeout, when the queries ahead of it would take longer than that timeout at the pool's
+    recent pace (an average of recent query times), or when more than MAX_QUEUED_PER_WORKER per worker wait.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = max(1, size)
         self._idle: list[_Worker] = []
+        self._all: set[_Worker] = set()
         self._count = 0
+        self._waiting = 0
+        self._pace_s = 0.05  # moving average of the time a worker takes per query
         self._cond = threading.Condition()
 
     def run(self, request: dict, limits: SandboxLimits) -> dict:
+        started = time.monotonic()
         try:
-            worker = self._acquire()
+            worker = self._acquire(started + limits.timeout_s)
+        except _Busy as busy:
+            return {"error": {"kind": "busy", "message": str(busy)}}
         except (OSError, RuntimeError) as error:
             return {"error": {"kind": "sql_error", "message": f"the SQL sandbox could not start: {error}"}}
-        deadline = time.monotonic() + limits.timeout_s + max(limits.kill_grace_s, 0.25 * limits.timeout_s)
+        remaining = limits.timeout_s - (time.monotonic() - started)
+        if remaining <= 0.05:
+            self._release(worker, healthy=True)
+            return {"error": {"kind": "busy", "message": f"the SQL sandbox was busy for the whole "
+                                                         f"{limits.timeout_s:g} s timeout; try again"}}
+        request = {**request, "limits": {**request["limits"], "timeout_s": remaining}}
+        deadline = time.monotonic() + remaining + max(limits.kill_grace_s, 0.25 * limits.timeout_s)
         reply = None
+        asked = time.monotonic()
         try:
             reply = worker.ask(request, deadline, 2 * limits.max_result_bytes + 1_000_000)
         finally:
+            with self._cond:
+                self._pace_s = 0.8 * self._pace_s + 0.2 * (time.monotonic() - asked)
             self._release(worker, healthy=reply is not None)
         if reply is not None:
             return reply
@@ -285,22 +342,38 @@ class WorkerPool:
 
     def warm(self) -> None:
         """Start one worker ahead of the first query (about 0.1-0.3 s)."""
-        self._release(self._acquire(), healthy=True)
+        self._release(self._acquire(time.monotonic() + WORKER_START_TIMEOUT_S), healthy=True)
 
-    def _acquire(self) -> _Worker:
+    def _acquire(self, deadline: float) -> _Worker:
         with self._cond:
-            while not self._idle and self._count >= self.size:
-                self._cond.wait()
+            if not self._idle and self._count >= self.size:
+                expected_wait = (self._waiting + 1) * self._pace_s / self.size
+                if (self._waiting >= MAX_QUEUED_PER_WORKER * self.size
+                        or expected_wait > deadline - time.monotonic()):
+                    raise _Busy(f"the SQL sandbox is busy ({self._waiting + self.size} queries ahead of this one); "
+                                "try again in a moment")
+                self._waiting += 1
+                try:
+                    while not self._idle and self._count >= self.size:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise _Busy("the SQL sandbox stayed busy for the whole timeout; try again")
+                        self._cond.wait(remaining)
+                finally:
+                    self._waiting -= 1
             if self._idle:
                 return self._idle.pop()
             self._count += 1
         try:
-            return _Worker()
+            worker = _Worker()
         except BaseException:
             with self._cond:
                 self._count -= 1
                 self._cond.notify()
             raise
+        with self._cond:
+            self._all.add(worker)
+        return worker
 
     def _release(self, worker: _Worker, *, healthy: bool) -> None:
         recycle = not healthy or worker.queries >= MAX_QUERIES_PER_WORKER or worker.process.poll() is not None
@@ -309,22 +382,43 @@ class WorkerPool:
         with self._cond:
             if recycle:
                 self._count -= 1
+                self._all.discard(worker)
             else:
                 self._idle.append(worker)
             self._cond.notify()
 
     def close(self) -> None:
+        """Stop every worker, busy ones too (at exit), and remove their folders."""
         with self._cond:
-            idle, self._idle = self._idle, []
-            self._count -= len(idle)
-        for worker in idle:
+            workers, self._idle, self._all = list(self._all), [], set()
+            self._count = 0
+        for worker in workers:
             worker.kill()
+
+
+class _Busy(Exception):
+    """No worker within the query's time, or too many queries waiting already."""
+
+
+def _sweep_folders() -> None:
+    """Remove worker folders whose app process is gone (a crash or a kill leaves them behind)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{WORKER_PREFIX}*"):
+        pid = folder.name[len(WORKER_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass  # alive, or someone else's
 
 
 @functools.cache
 def _pool() -> WorkerPool:
     """The process's pool (a cache of started workers, like a loaded model). VOXQL_SQL_WORKERS sets its size."""
     size = int(os.environ.get("VOXQL_SQL_WORKERS") or min(4, os.cpu_count() or 1))
+    _sweep_folders()
     pool = WorkerPool(size)
     atexit.register(pool.close)
     return pool

@@ -8,7 +8,7 @@ a reader cannot take the app down; the result is then opened only by the read-on
 
 from __future__ import annotations
 
-import functools
+import errno
 import json
 import os
 import re
@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 
 from pipelines.errors import BadInput
-from pipelines.sql.schema import quote_identifier
+from pipelines.sql.schema import quote_identifier, reserved_words
 
 DEFAULT_MAX_UPLOAD_MB = 200
+DEFAULT_MAX_IMPORT_MB = 1024  # the database an upload becomes: a small Parquet file can expand a thousandfold
 SESSION_PREFIX = "voxql-session-"
 STALE_SESSION_S = 48 * 3600  # folders left by a crashed app are swept after this
 IMPORT_TIMEOUT_S = 300.0
@@ -66,6 +67,13 @@ def max_upload_bytes() -> int:
         return DEFAULT_MAX_UPLOAD_MB * 2**20
 
 
+def max_import_bytes() -> int:
+    try:
+        return int(float(os.environ.get("VOXQL_MAX_IMPORT_MB") or DEFAULT_MAX_IMPORT_MB) * 2**20)
+    except ValueError:
+        return DEFAULT_MAX_IMPORT_MB * 2**20
+
+
 def sniff(path: str | Path) -> str:
     """"sqlite", "parquet", "duckdb" or "csv" from the first bytes; BadInput for anything else."""
     with open(path, "rb") as handle:
@@ -95,17 +103,7 @@ def table_name(path: str | Path) -> str:
     name = re.sub(r"[^0-9a-zA-Z_]+", "_", Path(path).name.split(".")[0]).strip("_").lower()[:63] or "data"
     if name[0].isdigit():
         name = f"t_{name}"
-    return f"{name}_table" if name in _reserved_words() else name
-
-
-@functools.cache
-def _reserved_words() -> frozenset[str]:
-    """Words that cannot be a table name without quotes (`order`, `select`, ...), from DuckDB itself."""
-    import duckdb
-
-    with duckdb.connect(":memory:") as con:
-        rows = con.execute("SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category <> 'unreserved'")
-        return frozenset(name.lower() for (name,) in rows.fetchall())
+    return f"{name}_table" if name in reserved_words() else name
 
 
 def import_upload(path: str | Path, session_dir: str | Path) -> Path:
@@ -156,7 +154,8 @@ def _convert_in_child(kind: str, source: Path, target: Path) -> None:
            "MALLOC_ARENA_MAX": "2"}
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from pipelines.sql.uploads import _child_main; "
             "sys.exit(_child_main(*sys.argv[2:]))")
-    command = [sys.executable, "-I", "-c", code, str(REPO_ROOT), kind, str(source.resolve()), str(target.resolve())]
+    command = [sys.executable, "-I", "-c", code, str(REPO_ROOT), kind, str(source.resolve()), str(target.resolve()),
+               str(max_import_bytes())]
     try:
         done = subprocess.run(command, env=env, cwd=target.parent, capture_output=True, text=True,
                               timeout=IMPORT_TIMEOUT_S)
@@ -174,17 +173,30 @@ def _convert_in_child(kind: str, source: Path, target: Path) -> None:
 _KIND_NAMES = {"csv": "CSV", "parquet": "Parquet", "sqlite": "SQLite", "duckdb": "DuckDB"}
 
 
-def _child_main(kind: str, source: str, target: str) -> int:
-    """Entry point of the import child: limits first, then convert; one JSON line on stdout."""
+def _child_main(kind: str, source: str, target: str, max_bytes: str = str(DEFAULT_MAX_IMPORT_MB * 2**20)) -> int:
+    """Entry point of the import child: limits first, then convert; one JSON line on stdout.
+
+    RLIMIT_FSIZE caps every file the child writes, so the database cannot grow past `max_bytes` however well
+    the upload was compressed; a write past it fails (EFBIG; SIGXFSZ is ignored so it is an error, not a kill).
+    """
+    too_big = (f"the imported database would be larger than {int(max_bytes) / 2**20:.0f} MB "
+               "(VOXQL_MAX_IMPORT_MB)")
     try:
         import resource
+        import signal
 
         resource.setrlimit(resource.RLIMIT_AS, (IMPORT_MEMORY_BYTES, IMPORT_MEMORY_BYTES))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(max_bytes), int(max_bytes)))
     except (ImportError, ValueError, OSError):
         pass
     try:
         convert(kind, Path(source), Path(target))
+    except OSError as error:
+        print(json.dumps({"error": too_big if error.errno == errno.EFBIG else
+                          f"could not write the imported database: {error.strerror}"}))
+        return 1
     except BadInput as error:
         print(json.dumps({"error": str(error)}))
         return 1
@@ -193,7 +205,11 @@ def _child_main(kind: str, source: str, target: str) -> int:
         return 1
     except Exception as error:  # noqa: BLE001 - any reader failure is the file's problem, said in one line
         message = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-        print(json.dumps({"error": f"could not read the {_KIND_NAMES[kind]} file: {message}"}))
+        if "File too large" in message:
+            message = too_big
+        else:
+            message = f"could not read the {_KIND_NAMES[kind]} file: {message}"
+        print(json.dumps({"error": message}))
         return 1
     print(json.dumps({"ok": True}))
     return 0
@@ -228,6 +244,8 @@ def _read_file_into_duckdb(kind: str, source: Path, target: Path) -> None:
         con.execute(f"CREATE TABLE {name} AS SELECT * FROM {reader}", [str(source)])
     except duckdb.Error as error:
         message = str(error).strip().splitlines()[0]
+        if "File too large" in message:
+            raise OSError(errno.EFBIG, "File too large") from None
         raise BadInput(f"could not read the {_KIND_NAMES[kind]} file: {message[:300]}") from None
     finally:
         con.close()
@@ -248,15 +266,26 @@ def _sql_string(text: str) -> str:
 
 
 def _check_result(database: Path) -> None:
-    """The new database must open in the sandbox and hold at least one table with columns."""
-    from pipelines.sql.sandbox import SandboxLimits, run_query
+    """The new database must open in the sandbox, hold at least one table with columns, define no macro named
+    like a built-in function (`lower`, `range`: in DuckDB the file's macro wins over the built-in), and have no
+    view whose query the sandbox would refuse (one reading `duckdb_databases()` would show server paths)."""
+    from pipelines.sql.sandbox import SandboxLimits, introspect_in_sandbox
+    from pipelines.sql.sandbox_worker import builtin_function_names
 
-    result = run_query(database, "SELECT count(*) FROM duckdb_columns() WHERE NOT internal",
-                       SandboxLimits(timeout_s=30))
-    if not result.ok:
-        raise BadInput(f"the database could not be opened: {result.error.message}")
-    if not result.rows or not result.rows[0][0]:
+    try:
+        found = introspect_in_sandbox(database, SandboxLimits(timeout_s=30))
+    except BadInput as error:
+        raise BadInput(str(error).replace("cannot open the database", "the database could not be opened")) from None
+    if not found["columns"]:
         raise BadInput("the file holds no tables")
+    shadowing = sorted(name for name in found["macros"] if name.lower() in builtin_function_names())
+    if shadowing:
+        raise BadInput(f"the DuckDB file defines macros named like built-in functions ({', '.join(shadowing[:5])}),"
+                       " which would change what queries mean; drop them (DROP MACRO ...) and upload it again")
+    if found["refused_views"]:
+        name, reason = sorted(found["refused_views"].items())[0]
+        raise BadInput(f"the DuckDB file has a view that reads what queries may not: {name} ({reason}); drop it "
+                       "and upload the file again")
 
 
 # -- SQLite -> DuckDB through Python's sqlite3 (the DuckDB sqlite extension cannot be downloaded here) -------------
@@ -297,8 +326,10 @@ def _sqlite_tables(source: sqlite3.Connection) -> list[dict]:
     tables = []
     for name in names:
         quoted = _sqlite_quote(name)
-        info = source.execute(f"PRAGMA table_info({quoted})").fetchall()  # cid, name, type, notnull, default, pk
-        if not info:
+        # table_xinfo, not table_info: generated columns are listed too (hidden 2 or 3) and are copied with the
+        # values SQLite computes for them; hidden 1 is a virtual table's own hidden column.
+        info = [row[:6] for row in source.execute(f"PRAGMA table_xinfo({quoted})").fetchall() if row[6] != 1]
+        if not info:  # cid, name, type, notnull, default, pk
             continue
         fks: dict[int, dict] = {}
         for fk_id, _, ref_table, column, ref_column, *_ in source.execute(f"PRAGMA foreign_key_list({quoted})"):
