@@ -73,7 +73,8 @@ def _evaluate_one_path(args: argparse.Namespace, engine, path: str):
             params=SamplingParams(max_new_tokens=args.max_new_tokens), progress=progress,
             predictions_out=_for_path(args.predictions_out, path, args.path == "both"),
             keep_distinct=args.keep_distinct, timeout_s=args.timeout, path=path,
-            model_dialect=args.model_dialect or profile_from_args(args).sql_dialect,
+            # Spider's gold SQL is SQLite, whatever the profile's adapter writes.
+            model_dialect=args.model_dialect or ("sqlite" if args.gold else profile_from_args(args).sql_dialect),
             predictions_in=args.predictions_in, transpile_from=None if args.no_transpile else "duckdb",
             ask_options=dict(constrain=not args.no_constrain, value_hints=not args.no_value_hints),
         )
