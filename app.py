@@ -14,7 +14,7 @@ import threading
 
 import gradio as gr
 
-from components.ask import build_ask_tab
+from components.ask import build_ask_tab, close_session
 from components.listen import build_listen_tab
 from components.mic_transport import launch_kwargs
 from components.train import build_train_tab
@@ -46,6 +46,8 @@ def build_app(profile: Profile) -> gr.Blocks:
                 build_listen_tab(profile, ask.question, tabs)
             with gr.Tab("Train", id="train"):
                 build_train_tab(profile, ask.adapter_picker, tabs)
+        # The page closed: its upload folder goes now (Gradio keeps a closed session's state for an hour).
+        demo.unload(close_session)
     demo.voxql_tabs = tabs  # for tests that drive tab switching
     return demo
 

@@ -1,8 +1,8 @@
 """The Train tab: train a text-to-SQL LoRA, watch its loss, evaluate it before/after, load it into "Ask your data".
 
 Built the way Gradio's own demos are: the handlers below are module-level functions whose inputs and outputs are
-all explicit (the app-wide `TrainContext` is bound first, with functools.partial, by `build_train_tab`, which only
-lays out and wires). The job runner and adapter loading live in pipelines/ (`pipelines.training.jobs`,
+all explicit (the app-wide `TrainContext` comes first; `build_train_tab`, which only lays out and wires, binds it
+with `bind_context`). The job runner and adapter loading live in pipelines/ (`pipelines.training.jobs`,
 `pipelines.engine.adapters`), next to the recipe, data, checkpoints, model card and evaluation that
 `python -m pipelines train-sql` and `eval-adapter` use. One job (a training run or an evaluation) runs at a time,
 in a background thread, so a closed browser tab does not stop it; Cancel stops it and a cancelled training run
@@ -14,14 +14,13 @@ from __future__ import annotations
 import html
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
 from components.ask import BASE, DEFAULT, adapter_choices
-from components.common import error_markdown, model_name, short_name
+from components.common import bind_context, error_markdown, model_name, short_name
 from pipelines.engine import get_engine
 from pipelines.engine.adapters import ensure_adapter
 from pipelines.errors import BadInput, VoxQLError
@@ -360,7 +359,7 @@ def build_train_tab(profile: Profile, adapter_picker: gr.Dropdown, tabs: gr.Tabs
             data = gr.Textbox(found, label="Training data: `spider` (its train split), a Spider folder or a JSONL",
                               elem_id="train-data")
             upload = gr.File(label="…or upload a JSONL", file_types=[".jsonl"], elem_id="train-upload")
-            upload_note = gr.Markdown(elem_id="train-upload-note")
+            upload_note = gr.Markdown(label="Upload", elem_id="train-upload-note")
             preset_picker = gr.Radio(list(PRESET_LABELS.values()), value=preset, label="Preset", elem_id="train-preset")
             with gr.Accordion("Hyperparameters", open=False):
                 fields = [gr.Number(value, label=label, elem_id=f"train-{name.replace('_', '-')}")
@@ -373,8 +372,9 @@ def build_train_tab(profile: Profile, adapter_picker: gr.Dropdown, tabs: gr.Tabs
                 cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
                 attach = gr.Button("Show the running job", size="sm", elem_id="train-attach")
         with gr.Column(scale=2):
-            status = gr.Markdown("No training run yet.", elem_id="train-status")
-            loss = gr.LinePlot(loss_frame([]), x="step", y="loss", title="Training loss", elem_id="train-loss")
+            status = gr.Markdown("No training run yet.", label="Training status", elem_id="train-status")
+            loss = gr.LinePlot(loss_frame([]), x="step", y="loss", title="Training loss", label="Training loss",
+                               show_label=False, elem_id="train-loss")
             log_box = gr.Textbox(label="Log", lines=10, max_lines=10, interactive=False, autoscroll=True,
                                  elem_id="train-log")
     with gr.Accordion("Evaluate and use an adapter", open=True):
@@ -388,19 +388,19 @@ def build_train_tab(profile: Profile, adapter_picker: gr.Dropdown, tabs: gr.Tabs
         with gr.Row():
             evaluate = gr.Button("Evaluate before/after", elem_id="train-evaluate")
             load = gr.Button("Load into Ask your data", variant="primary", elem_id="train-load")
-        eval_view = gr.Markdown(elem_id="train-eval")
+        eval_view = gr.Markdown(label="Evaluation", elem_id="train-eval")
 
     train_outputs = [status, loss, log_box, adapter_dir]
     job_events = dict(concurrency_id="train", concurrency_limit=4)
     preset_picker.change(preset_values, preset_picker, fields, api_name="train_preset")
     upload.change(describe_upload, upload, upload_note, api_visibility="private", queue=False)
-    start.click(partial(start_training, ctx), [model, data, upload, preset_picker, name, resume, *fields],
+    start.click(bind_context(start_training, ctx), [model, data, upload, preset_picker, name, resume, *fields],
                 train_outputs, api_name="train", **job_events)
-    cancel.click(partial(cancel_job, ctx), None, [status, eval_view], api_name="cancel_training")
-    evaluate.click(partial(start_evaluation, ctx), [adapter_dir, spider_dir, limit, seed], eval_view,
+    cancel.click(bind_context(cancel_job, ctx), None, [status, eval_view], api_name="cancel_training")
+    evaluate.click(bind_context(start_evaluation, ctx), [adapter_dir, spider_dir, limit, seed], eval_view,
                    api_name="evaluate_adapter", **job_events)
-    load.click(partial(load_into_ask, ctx), adapter_dir, [adapter_picker, tabs, eval_view], api_name="load_adapter")
-    attach.click(partial(show_running_job, ctx), None, [*train_outputs, eval_view], api_name="train_progress",
+    load.click(bind_context(load_into_ask, ctx), adapter_dir, [adapter_picker, tabs, eval_view], api_name="load_adapter")
+    attach.click(bind_context(show_running_job, ctx), None, [*train_outputs, eval_view], api_name="train_progress",
                  **job_events)
     # Gradio's autoscroll follows a textbox only while it has focus; the log is read-only, so scroll it here.
     log_box.change(None, js=SCROLL_LOG_JS, api_visibility="private", queue=False)

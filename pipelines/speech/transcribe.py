@@ -147,6 +147,16 @@ def loaded_speech_engine(profile: Profile, fallback: bool = False) -> SpeechEngi
     return _cache.get((profile.asr_model, profile.tag_adapter, fallback))
 
 
+def tag_channel_note(profile: Profile, engine: SpeechEngine | None = None) -> str | None:
+    """Why there is no tag channel, or None when there is one: the loaded engine's word when there is one, else
+    what the profile alone tells (a Whisper model, or no tag adapter), known before any model loads."""
+    if engine is not None:
+        return engine.tag_note
+    if is_whisper_spec(profile.asr_model):
+        return TAGS_NEED_VOXTRAL
+    return None if profile.tag_adapter else NO_ADAPTER
+
+
 def build_transcript(engine: SpeechEngine, asr: ChannelOutput, tag: ChannelOutput | None, *, tags: bool,
                      top_k: int | None = DEFAULT_TOP_K, audio_s: float = 0.0, total_ms: float | None = None,
                      partial: bool = False) -> Transcript:
