@@ -21,6 +21,7 @@ from components.train import build_train_tab
 from pipelines.engine import ENGINE_ENV, ENGINE_URL_ENV, engine_choice, get_engine
 from pipelines.errors import VoxQLError
 from pipelines.profiles import Profile, resolve_profile
+from pipelines.shutdown import exit_cleanly_on_sigterm
 from pipelines.speech.transcribe import warm_speech_engine
 from pipelines.sql import sandbox
 from pipelines.sql.demo_data import ensure_demo_databases
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     profile = resolve_profile(args.profile, sql_model=args.model, sql_adapter=args.adapter)
     log.info("profile %s: sql model %s, adapter %s", profile.name, profile.sql_model, profile.sql_adapter)
     demo = build_app(profile)
+    exit_cleanly_on_sigterm()  # so session folders and SQL workers are removed on the way out
     if not args.no_warm_up:
         warm_up(profile)
     # launch_kwargs(): the live microphone's chunk route, on the app Gradio builds (also on Spaces, which runs this)
