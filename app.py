@@ -22,6 +22,7 @@ from pipelines.engine import ENGINE_ENV, ENGINE_URL_ENV, engine_choice, get_engi
 from pipelines.errors import VoxQLError
 from pipelines.profiles import Profile, resolve_profile
 from pipelines.shutdown import exit_cleanly_on_sigterm
+from pipelines.spaces import ensure_embedded_packages
 from pipelines.speech.transcribe import warm_speech_engine
 from pipelines.sql import sandbox
 from pipelines.sql.demo_data import ensure_demo_databases
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         engine_choice()  # an unknown engine name stops here, with the names to choose from
     except VoxQLError as error:
         parser.error(str(error))
+    ensure_embedded_packages()  # on Spaces only: what scripts/install.sh does elsewhere
     profile = resolve_profile(args.profile, sql_model=args.model, sql_adapter=args.adapter)
     log.info("profile %s: sql model %s, adapter %s", profile.name, profile.sql_model, profile.sql_adapter)
     demo = build_app(profile)

@@ -21,6 +21,7 @@ from components.common import bind_context, error_markdown, sql_model_markdown
 from pipelines.engine import get_engine, load_error, loaded_engine
 from pipelines.errors import BadInput, VoxQLError
 from pipelines.profiles import Profile
+from pipelines.spaces import gpu_task
 from pipelines.sql.chart import choose_chart
 from pipelines.sql.databases import Database, DuckDBDatabase, SchemaOnlyDatabase
 from pipelines.sql.demo_data import DemoDatabase
@@ -435,6 +436,7 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
     cleared_outputs = [sql, status, results, bar, line, timings, attempts]
     ask_inputs = [question, db_picker, adapter_picker, constrain, value_hints, session]
     model_events = dict(concurrency_id="sql-model", concurrency_limit=4)
+    # gpu_task: on ZeroGPU hardware a GPU is attached only while these run (elsewhere it changes nothing).
     private = dict(api_visibility="private", show_progress="hidden")
 
     status_timer.tick(bind_context(refresh_model_status, ctx), adapter_picker, [model_status, status_timer], **private)
@@ -442,11 +444,11 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
     # A question sent while one runs waits for it (always_last) and the note above the buttons says so at once.
     gr.on([question.submit, ask.click], ask_note, question, queue_note, queue=False, trigger_mode="multiple",
           **private)
-    gr.on([question.submit, ask.click], bind_context(ask_question, ctx), [*ask_inputs, history],
+    gr.on([question.submit, ask.click], gpu_task(bind_context(ask_question, ctx)), [*ask_inputs, history],
           [*answer_outputs, queue_note], api_name="ask", trigger_mode="always_last", **model_events)
     run_button.click(bind_context(run_typed_sql, ctx), [sql, db_picker, session, history], answer_outputs,
                      api_name="run_sql")
-    compare.click(bind_context(compare_answers, ctx), ask_inputs,
+    compare.click(gpu_task(bind_context(compare_answers, ctx), duration=120), ask_inputs,
                   [compare_box, base_sql, base_status, base_results, tuned_sql, tuned_status, tuned_results],
                   api_name="compare", **model_events)
     db_picker.change(bind_context(pick_database, ctx), [db_picker, session], [schema_view, db_info, examples, *cleared_outputs],

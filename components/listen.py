@@ -25,6 +25,7 @@ from components.common import error_markdown
 from components.mic_transport import ATTACH_JS, START_JS, STOP_JS, ensure_routes, registry
 from pipelines.errors import VoxQLError
 from pipelines.profiles import ASSETS_DIR, Profile
+from pipelines.spaces import gpu_task
 from pipelines.speech.audio import max_seconds
 from pipelines.speech.session import ListenSession, LiveStatus
 from pipelines.speech.transport import MicRecording, TransportError, TransportStats
@@ -342,7 +343,7 @@ def build_listen_tab(profile: Profile, question_box: gr.Textbox, tabs: gr.Tabs) 
                        api_visibility="private", show_progress="hidden")
 
     # -- file (also the programmatic endpoint: gradio_client cannot drive a microphone stream) -------------------
-    transcribe_button.click(on_file, inputs=[upload, tags_on, top_k, profile_state],
+    transcribe_button.click(gpu_task(on_file), inputs=[upload, tags_on, top_k, profile_state],
                             outputs=[transcript, result, status, plain_text], api_name="transcribe",
                             concurrency_id=CONCURRENCY_ID, concurrency_limit=CONCURRENCY_LIMIT).then(
         refresh_engine_line, inputs=[profile_state], outputs=[engine_status], api_visibility="private", queue=False).then(
