@@ -402,6 +402,6 @@ def build_train_tab(profile: Profile, adapter_picker: gr.Dropdown, tabs: gr.Tabs
     load.click(bind_context(load_into_ask, ctx), adapter_dir, [adapter_picker, tabs, eval_view], api_name="load_adapter")
     attach.click(bind_context(show_running_job, ctx), None, [*train_outputs, eval_view], api_name="train_progress",
                  **job_events)
-    # Gradio's autoscroll follows a textbox only while it has focus; the log is read-only, so scroll it here.
+    # Keep the read-only log on its last line at every update (Gradio's autoscroll left it at the top in Chromium).
     log_box.change(None, js=SCROLL_LOG_JS, api_visibility="private", queue=False)
     return ctx
