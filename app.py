@@ -28,6 +28,7 @@ from pipelines.sql import sandbox
 from pipelines.sql.demo_data import ensure_demo_databases
 
 log = logging.getLogger("voxql")
+THEME = gr.themes.Soft()  # (Gradio 6 takes the theme at launch)
 
 INTRO = (
     "# VoxQL\n"
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_warm_up:
         warm_up(profile)
     # launch_kwargs(): the live microphone's chunk route, on the app Gradio builds (also on Spaces, which runs this)
-    demo.queue(default_concurrency_limit=8, max_size=64).launch(theme=gr.themes.Soft(), **launch_kwargs())
+    demo.queue(default_concurrency_limit=8, max_size=64).launch(theme=THEME, **launch_kwargs())
 
 
 if __name__ == "__main__":

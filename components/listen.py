@@ -262,7 +262,8 @@ def refresh_engine_line(profile: Profile) -> str:
 
 
 def tags_note_markdown(note: str | None) -> str:
-    return f"**No tags here:** {html.escape(note)}." if note else ""
+    """The line in place of the tag controls; the model line above says in full why there is no tag channel."""
+    return "**No tags here:** this speech model gives the words only (why: see the model line above)." if note else ""
 
 
 def tag_controls(profile: Profile) -> tuple:

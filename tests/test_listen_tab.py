@@ -233,7 +233,7 @@ def test_without_a_tag_channel_the_tag_controls_and_legend_are_hidden_and_a_line
     assert by_id["listen-top-k"].visible is False and by_id["listen-tags-on"].interactive is False
     assert by_id["listen-transcript"].show_legend is False
     note = by_id["listen-tags-note"]
-    assert note.visible and "Voxtral tag adapter" in note.value
+    assert note.visible and "words only" in note.value
     checkbox, slider, transcript, line = tag_controls(whisper)
     assert slider.visible is False and transcript.show_legend is False and checkbox.value is False
     assert line.visible and "No tags here" in line.value
