@@ -143,9 +143,10 @@ def training_status(job: Job) -> str:
     return " · ".join(p for p in parts if p)
 
 
-def training_view(job: Job, ctx: TrainContext, paths: dict[str, str] | None = None) -> tuple:
+def training_view(job: Job, ctx: TrainContext) -> tuple:
     """(status, loss plot, log, adapter field) of a training run; the adapter field gets the finished adapter."""
     done = job.result is not None and job.result.completed
+    paths = job.context.get("paths")  # an upload's server path -> its file name
     return (_hide_paths(training_status(job), ctx, paths), loss_plot(job.events),
             _hide_paths(training_log(job.events), ctx, paths), _adapter_name(job.result) if done else gr.skip())
 
@@ -192,14 +193,14 @@ def _evaluation_fraction(job: Job) -> tuple[float, str] | None:
 
 
 # -- handlers (module level; the context first, then the inputs, in order) -------------------------------------
-def follow_training(job: Job, ctx: TrainContext, progress, paths: dict[str, str] | None = None):
+def follow_training(job: Job, ctx: TrainContext, progress):
     while job.running:
         last = job.events[-1] if job.events else None
         if last is not None and last.stage == "train":
             progress(last.fraction, desc=f"step {last.step}/{last.max_steps}")
-        yield training_view(job, ctx, paths)
+        yield training_view(job, ctx)
         time.sleep(POLL_S)
-    yield training_view(job, ctx, paths)
+    yield training_view(job, ctx)
 
 
 def follow_evaluation(job: Job, ctx: TrainContext, progress):
@@ -244,11 +245,11 @@ def start_training(ctx: TrainContext, base_model: str, data: str, upload: str | 
         else:
             config = _train_config(ctx, base_model, data, upload, preset, output, numbers)
         job = ctx.jobs.start(TRAINING, lambda job: train_sql(config, job.events.append, job.cancel,
-                                                             command="Train tab"))
+                                                             command="Train tab"), context={"paths": paths})
     except VoxQLError as error:
         yield _hide_paths(error_markdown(str(error)), ctx, paths), gr.skip(), gr.skip(), gr.skip()
         return
-    yield from follow_training(job, ctx, progress, paths)
+    yield from follow_training(job, ctx, progress)
 
 
 def show_running_job(ctx: TrainContext, progress=gr.Progress()):
@@ -353,7 +354,9 @@ def build_train_tab(profile: Profile, adapter_picker: gr.Dropdown, tabs: gr.Tabs
                 elem_id="train-spider-note")
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
-            model = gr.Dropdown(list(dict.fromkeys([profile.sql_model, "embedded:smollm2"])), value=profile.sql_model,
+            # Shown by name (a local model's folder is a server path); the value stays the model's spec.
+            models = [(model_name(spec), spec) for spec in dict.fromkeys([profile.sql_model, "embedded:smollm2"])]
+            model = gr.Dropdown(models, value=profile.sql_model,
                                 allow_custom_value=True, label="Base model (id, folder or embedded:smollm2)",
                                 elem_id="train-model")
             data = gr.Textbox(found, label="Training data: `spider` (its train split), a Spider folder or a JSONL",

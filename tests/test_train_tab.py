@@ -200,3 +200,13 @@ def test_adapter_of_another_base_model_is_refused(ctx, tmp_path):
     assert not isinstance(picker, gr.Dropdown) and not isinstance(tabs, gr.Tabs)
     assert "trained on embedded:smollm2" in message
     assert "adapter_config.json" in train_tab.load_into_ask(ctx, str(tmp_path))[2]
+
+
+def test_the_log_names_an_upload_and_the_spider_folder_not_their_server_paths(ctx, tmp_path):
+    upload = str(tmp_path / "gradio" / "0123abcd" / "mine.jsonl")
+    job = jobs.Job("training run", lambda job: None, context={"paths": {upload: "mine.jsonl"}})
+    job.events += [TrainProgress("data", f"reading {upload}"), TrainProgress("data", f"schemas from {ctx.spider}"),
+                   TrainProgress("save", f"saving the adapter to {jobs.adapters_root() / 'x'}")]
+    status, plot, log, adapter = train_tab.training_view(job, ctx)
+    assert log.splitlines() == ["[  0m00s] reading mine.jsonl", "[  0m00s] schemas from spider",
+                                "[  0m00s] saving the adapter to x"]

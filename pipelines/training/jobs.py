@@ -28,8 +28,9 @@ ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}")
 class Job:
     """One background run and what it reported so far (the worker appends to `events`, viewers read them)."""
 
-    def __init__(self, kind: str, target: Callable[[Job], object]):
+    def __init__(self, kind: str, target: Callable[[Job], object], context: dict | None = None):
         self.kind = kind
+        self.context = dict(context or {})  # what the starter keeps with the job (the Train tab: upload names)
         self.cancel = threading.Event()
         self.events: list = []
         self.result = None
@@ -69,11 +70,11 @@ class JobRunner:
         self._last: dict[str, Job] = {}
         self._running: Job | None = None
 
-    def start(self, kind: str, target: Callable[[Job], object]) -> Job:
+    def start(self, kind: str, target: Callable[[Job], object], context: dict | None = None) -> Job:
         with self._lock:
             if self._running is not None and self._running.running:
                 raise BadInput(f"a {self._running.kind} is already running: wait for it or cancel it first")
-            job = self._running = self._last[kind] = Job(kind, target)
+            job = self._running = self._last[kind] = Job(kind, target, context)
             job.thread.start()
             return job
 
