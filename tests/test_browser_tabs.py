@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TAUGHT_QUESTION, TAUGHT_SQL
+from tests.conftest import TAUGHT_QUESTION
 from tests.listen_browser import CHROMIUM, FLAGS, chromium_missing
 
 reason = chromium_missing()
