@@ -14,7 +14,7 @@ import threading
 
 import gradio as gr
 
-from components.ask import build_ask_tab
+from components.ask import build_ask_tab, close_session
 from components.listen import build_listen_tab
 from components.mic_transport import launch_kwargs
 from components.train import build_train_tab
@@ -22,11 +22,14 @@ from components.train_tags import build_tag_training_section
 from pipelines.engine import ENGINE_ENV, ENGINE_URL_ENV, engine_choice, get_engine
 from pipelines.errors import VoxQLError
 from pipelines.profiles import Profile, resolve_profile
+from pipelines.shutdown import exit_cleanly_on_sigterm
+from pipelines.spaces import ensure_embedded_packages
 from pipelines.speech.transcribe import warm_speech_engine
 from pipelines.sql import sandbox
 from pipelines.sql.demo_data import ensure_demo_databases
 
 log = logging.getLogger("voxql")
+THEME = gr.themes.Soft()  # (Gradio 6 takes the theme at launch)
 
 INTRO = (
     "# VoxQL\n"
@@ -48,6 +51,8 @@ def build_app(profile: Profile) -> gr.Blocks:
             with gr.Tab("Train", id="train"):
                 build_train_tab(profile, ask.adapter_picker, tabs)
                 build_tag_training_section()
+        # The page closed: its upload folder goes now (Gradio keeps a closed session's state for an hour).
+        demo.unload(close_session)
     demo.voxql_tabs = tabs  # for tests that drive tab switching
     return demo
 
@@ -86,13 +91,15 @@ def main(argv: list[str] | None = None) -> None:
         engine_choice()  # an unknown engine name stops here, with the names to choose from
     except VoxQLError as error:
         parser.error(str(error))
+    ensure_embedded_packages()  # on Spaces only: what scripts/install.sh does elsewhere
     profile = resolve_profile(args.profile, sql_model=args.model, sql_adapter=args.adapter)
     log.info("profile %s: sql model %s, adapter %s", profile.name, profile.sql_model, profile.sql_adapter)
     demo = build_app(profile)
+    exit_cleanly_on_sigterm()  # so session folders and SQL workers are removed on the way out
     if not args.no_warm_up:
         warm_up(profile)
     # launch_kwargs(): the live microphone's chunk route, on the app Gradio builds (also on Spaces, which runs this)
-    demo.queue(default_concurrency_limit=8, max_size=64).launch(theme=gr.themes.Soft(), **launch_kwargs())
+    demo.queue(default_concurrency_limit=8, max_size=64).launch(theme=THEME, **launch_kwargs())
 
 
 if __name__ == "__main__":

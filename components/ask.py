@@ -1,6 +1,9 @@
 """The "Ask your data" tab: pick a database, ask a question, watch the SQL stream, get a table and a chart.
 
-Only wiring: every decision (prompt, checks, execution, charts) is made in pipelines/.
+Built the way Gradio's own demos are: module-level handlers whose inputs and outputs are all explicit (the
+session's uploads and history come in and go out as `gr.State`; the app-wide `AskContext` is bound first with
+`bind_context`), and `build_ask_tab`, which only lays out and wires. Every decision (prompt, checks,
+execution, charts) is made in pipelines/.
 """
 
 from __future__ import annotations
@@ -14,15 +17,15 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from components.common import error_markdown, sql_model_markdown
+from components.common import bind_context, error_markdown, sql_model_markdown
 from pipelines.engine import get_engine, load_error, loaded_engine
 from pipelines.errors import BadInput, VoxQLError
 from pipelines.profiles import Profile
+from pipelines.spaces import gpu_task
 from pipelines.sql.chart import choose_chart
 from pipelines.sql.databases import Database, DuckDBDatabase, SchemaOnlyDatabase
 from pipelines.sql.demo_data import DemoDatabase
 from pipelines.sql.examples import example_labels
-from pipelines.sql.extract import extract_sql
 from pipelines.sql.pipeline import Answer, Progress, ask_stream, run_sql
 from pipelines.sql.uploads import import_upload, new_session_dir, remove_session_dir
 
@@ -33,6 +36,7 @@ HISTORY_COLUMNS = ["time", "database", "question", "sql", "rows", "status", "tot
 NO_RESULT = pd.DataFrame(columns=["no result yet"])  # an empty frame would show Gradio's default headers "1 2 3"
 
 # Sessions with a question being answered, and that question: a second one is queued and says so (see ask_note).
+# (Module state on purpose: the note's event runs unqueued, beside the queued question, and sees no shared State.)
 _ANSWERING: dict[str, str] = {}
 
 
@@ -51,9 +55,28 @@ def adapter_choices(profile: Profile, extra: dict[str, str] | None = None) -> li
 
 
 # -- sessions and databases ---------------------------------------------------------------------------------
+@dataclass
+class AskContext:
+    """What every Ask handler needs and no browser session owns: the app's profile and its demo databases."""
+
+    profile: Profile
+    demos: dict[str, DemoDatabase]
+
+
+# Browser session -> its upload folder, so the folder goes when the page closes (an unload event gets no state).
+_SESSION_DIRS: dict[str, str] = {}
+
+
 def _cleanup_session(session: dict) -> None:
     if session and session.get("dir"):
         remove_session_dir(session["dir"])
+        _SESSION_DIRS.pop(session.get("id"), None)
+
+
+def close_session(request: gr.Request) -> None:
+    """The page was closed: its uploads go now, not when Gradio drops the session's state an hour later."""
+    folder = _SESSION_DIRS.pop(request.session_hash, None) if request else None
+    remove_session_dir(folder)
 
 
 def _database(key: str, session: dict, demos: dict[str, DemoDatabase]) -> Database:
@@ -62,7 +85,10 @@ def _database(key: str, session: dict, demos: dict[str, DemoDatabase]) -> Databa
     if key == PASTED and session.get("ddl"):
         return SchemaOnlyDatabase(session["ddl"])
     if key in session.get("uploads", {}):
-        return DuckDBDatabase(Path(session["uploads"][key]), name=key)
+        path = Path(session["uploads"][key])
+        if not path.is_file():  # the page was closed and its folder removed, then the session came back
+            raise BadInput(f"the upload {key!r} is gone (its page was closed): upload it again")
+        return DuckDBDatabase(path, name=key)
     raise BadInput("pick a database first (a demo, an upload or a pasted schema)")
 
 
@@ -164,30 +190,196 @@ def _history_row(answer: Answer) -> list:
             answer.sql or "", answer.row_count, status, round(answer.timings.total_ms)]
 
 
-# -- the tab --------------------------------------------------------------------------------------------------
-def _ask_options(profile: Profile, adapter_choice: str, constrain: bool, value_hints: bool) -> dict:
+# -- handlers (module level; the context first, then the inputs in order, state in and out) ---------------------
+def _ask_options(profile: Profile, adapter: str, constrain: bool, value_hints: bool) -> dict:
     # The profile's dialect is for its own adapter; for others the pipeline reads the adapter's training record.
-    dialect = profile.sql_dialect if adapter_choice == DEFAULT else None
+    dialect = profile.sql_dialect if adapter == DEFAULT else None
     return dict(dialect=dialect, constrain=constrain, value_hints=value_hints)
 
 
+def _finished(ctx: AskContext, answer: Answer, history: list, engine=None, adapter: str | None = None) -> tuple:
+    """answer_outputs: (sql, status, results, bar, line, timings, history, history view, model line, attempts)."""
+    history = [*history, _history_row(answer)]
+    info = sql_model_markdown(ctx.profile, engine.info, adapter=adapter) if engine else gr.skip()
+    return (answer.sql or "", _status(answer), results_frame(answer.columns, answer.rows), *_charts(answer),
+            _timings(answer), history, pd.DataFrame(history, columns=HISTORY_COLUMNS), info, _attempts(answer))
+
+
+def _failed(message: str) -> tuple:
+    return (gr.skip(), error_markdown(message), *[gr.skip()] * 8)
+
+
+def _cleared_answer_outputs() -> tuple:
+    """cleared_answer() spread over answer_outputs (history and the model line kept)."""
+    sql, status, results, bar, line, timings, attempts = cleared_answer()
+    return sql, status, results, bar, line, timings, gr.skip(), gr.skip(), gr.skip(), attempts
+
+
+def pick_database(ctx: AskContext, database: str, session: dict) -> tuple:
+    """(schema, description, examples, *cleared answer): a new database shows its schema and examples, and the
+    previous answer goes."""
+    try:
+        db = _database(database, session, ctx.demos)
+    except VoxQLError as error:
+        return gr.skip(), error_markdown(str(error)), gr.skip(), *[gr.skip()] * 7
+    demo = ctx.demos.get(database)
+    description = demo.description if demo else (
+        "Pasted schema: queries are generated and checked, not run." if database == PASTED
+        else "Your upload (this session only).")
+    samples = [[q] for q in demo.examples] if demo else []
+    labels = example_labels(database, demo.examples, ctx.profile.name) if demo else None  # marks known-wrong ones
+    examples = gr.Dataset(samples=samples, sample_labels=labels, visible=bool(samples))
+    return db.schema.to_ddl(), description, examples, *cleared_answer()
+
+
+def _answer_stream(ctx, question, database, adapter, constrain, value_hints, session, history):
+    try:
+        db = _database(database, session, ctx.demos)
+        profile = ctx.profile
+        if loaded_engine(profile.sql_model, profile.sql_adapter) is None:
+            yield (gr.skip(), "Loading the model…", *[gr.skip()] * 8)
+        engine = get_engine(profile.sql_model, profile.sql_adapter)
+        options = _ask_options(profile, adapter, constrain, value_hints)
+        for event in ask_stream(question, db, engine, adapter=None if adapter == BASE else adapter, **options):
+            if isinstance(event, Progress):
+                note = f"Generating (attempt {event.attempt})…" if event.stage == "generating" else "Running…"
+                yield (event.sql, note, *[gr.skip()] * 8)
+            else:
+                yield _finished(ctx, event, history, engine, adapter)
+    except VoxQLError as error:
+        yield _failed(str(error))
+
+
+def ask_question(ctx: AskContext, question: str, database: str, adapter: str, constrain: bool, value_hints: bool,
+                 session: dict, history: list, request: gr.Request):
+    """Stream the SQL as it is written, then the table, chart, timings and attempts (answer_outputs + the
+    queue note, which it clears)."""
+    if not question or not question.strip():
+        yield (*_failed("type a question first"), "")
+        return
+    session_key = request.session_hash if request else None
+    if session_key:
+        _ANSWERING[session_key] = question.strip()
+    try:
+        yield (*_cleared_answer_outputs(), "")  # the previous answer goes before the new one starts
+        yield from ((*values, gr.skip()) for values in
+                    _answer_stream(ctx, question, database, adapter, constrain, value_hints, session, history))
+    finally:
+        _ANSWERING.pop(session_key, None)
+
+
+def run_typed_sql(ctx: AskContext, sql: str, database: str, session: dict, history: list) -> tuple:
+    """Check and run SQL typed (or edited) by hand: answer_outputs."""
+    try:
+        return _finished(ctx, run_sql(sql or "", _database(database, session, ctx.demos)), history)
+    except VoxQLError as error:
+        return _failed(str(error))
+
+
+def compare_answers(ctx: AskContext, question: str, database: str, adapter: str, constrain: bool,
+                    value_hints: bool, session: dict):
+    """Stream the base model's answer, then the adapter's, into two columns: (accordion, base sql, base status,
+    base result, adapter sql, adapter status, adapter result)."""
+    def problem(message: str) -> tuple:
+        return gr.Accordion(open=True), "", error_markdown(message), None, "", "", None
+
+    if not question or not question.strip():
+        yield problem("type a question first")
+        return
+    try:
+        db = _database(database, session, ctx.demos)
+        engine = get_engine(ctx.profile.sql_model, ctx.profile.sql_adapter)
+        tuned = adapter if adapter != BASE else engine.info.default_adapter
+        if tuned is None:
+            raise BadInput("no adapter is loaded for this model, so there is nothing to compare with "
+                           "(set VOXQL_SQL_ADAPTER or load one from the Train tab)")
+        values = ["", "Waiting…", None, "", "Waiting…", None]  # base sql/status/result, then the adapter's
+        for at, which in ((0, BASE), (3, tuned)):
+            for event in ask_stream(question, db, engine, adapter=None if which == BASE else which,
+                                    **_ask_options(ctx.profile, which, constrain, value_hints)):
+                if isinstance(event, Progress):
+                    values[at:at + 2] = [event.sql, "Generating…"]
+                else:
+                    values[at:at + 3] = [event.sql or "", f"{_status(event)}  \n{_timings(event)}",
+                                         results_frame(event.columns, event.rows)]
+                yield (gr.Accordion(open=True), *values)
+    except VoxQLError as error:
+        yield problem(str(error))
+
+
+def upload_file(ctx: AskContext, file: str | None, session: dict, request: gr.Request = None) -> tuple:
+    """(database picker, upload box, message under it, session): the picker switches to the upload, which
+    clears the previous answer; a refused file leaves the box so the next one can be dropped."""
+    if not file:
+        return gr.skip(), gr.skip(), "", session
+    session = dict(session)
+    new_dir = "dir" not in session  # one folder per session, made by its first upload that works
+    folder = session["dir"] if not new_dir else str(new_session_dir())
+    try:
+        path = import_upload(file, folder)
+    except VoxQLError as error:
+        if new_dir:
+            remove_session_dir(folder)
+        return gr.skip(), None, error_markdown(str(error)), session
+    name = Path(file).stem
+    session["dir"] = folder
+    session["uploads"] = {**session.get("uploads", {}), name: str(path)}
+    if request is not None and request.session_hash:
+        session["id"] = request.session_hash
+        _SESSION_DIRS[request.session_hash] = folder
+    return (gr.Dropdown(choices=_choices(ctx.demos, session), value=name), None,
+            f"Uploaded **{html.escape(Path(file).name)}** as database `{name}`.", session)
+
+
+def use_pasted_schema(ctx: AskContext, ddl: str, session: dict) -> tuple:
+    """(database picker, message, session): a valid schema becomes the "pasted schema" database."""
+    try:
+        SchemaOnlyDatabase(ddl or "")  # validates, with a clear message
+    except VoxQLError as error:
+        return gr.skip(), error_markdown(str(error)), session
+    session = {**session, "ddl": ddl}
+    return gr.Dropdown(choices=_choices(ctx.demos, session), value=PASTED), "", session
+
+
+def model_line(ctx: AskContext, adapter: str) -> str:
+    profile = ctx.profile
+    engine = loaded_engine(profile.sql_model, profile.sql_adapter)
+    error = load_error(profile.sql_model, profile.sql_adapter)
+    return sql_model_markdown(profile, engine.info if engine else None, error, adapter=adapter)
+
+
+def refresh_model_status(ctx: AskContext, adapter: str) -> tuple:
+    """(model line, timer): the timer switches itself off once the model has loaded (or failed to)."""
+    profile = ctx.profile
+    done = (loaded_engine(profile.sql_model, profile.sql_adapter) is not None
+            or load_error(profile.sql_model, profile.sql_adapter) is not None)
+    return model_line(ctx, adapter), gr.Timer(active=not done)
+
+
+def pick_example(sample: list) -> str:
+    return sample[0]
+
+
+# -- the tab ----------------------------------------------------------------------------------------------------
 def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
+    ctx = AskContext(profile, demos)
     first = next(iter(demos))
     session = gr.State({}, delete_callback=_cleanup_session)
     history = gr.State([])
-    model_status = gr.Markdown(sql_model_markdown(profile, None), elem_id="model-status")
+    model_status = gr.Markdown(sql_model_markdown(profile, None), label="Model", elem_id="model-status")
     status_timer = gr.Timer(1.0)  # until the model has loaded (or failed to), then it switches itself off
 
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
             db_picker = gr.Dropdown(list(demos), value=first, label="Database", elem_id="db-picker")
-            db_info = gr.Markdown(demos[first].description)
+            db_info = gr.Markdown(demos[first].description, label="About the database")
             upload = gr.File(label="Upload CSV, Parquet, SQLite or DuckDB", elem_id="upload")
-            upload_status = gr.Markdown(elem_id="upload-status")
+            upload_status = gr.Markdown(label="Upload message", elem_id="upload-status")
             with gr.Accordion("Paste a schema (CREATE TABLE …): generate and check without running", open=False):
-                ddl_box = gr.Textbox(lines=6, label="DDL", placeholder="CREATE TABLE orders (id INTEGER, total DECIMAL(10,2));")
+                ddl_box = gr.Textbox(lines=6, label="DDL", placeholder="CREATE TABLE orders (id INTEGER, total DECIMAL(10,2));",
+                                     elem_id="ddl")
                 use_ddl = gr.Button("Use this schema", size="sm", elem_id="use-ddl")
-                ddl_status = gr.Markdown(elem_id="ddl-status")
+                ddl_status = gr.Markdown(label="Schema message", elem_id="ddl-status")
             schema_view = gr.Code(_database(first, {}, demos).schema.to_ddl(), language="sql", interactive=False,
                                   label="Schema (the model also sees value hints under it, when they are on)",
                                   elem_id="schema", max_lines=18)
@@ -197,7 +389,7 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
             examples = gr.Dataset(components=[question], samples=[[q] for q in demos[first].examples],
                                   sample_labels=example_labels(first, demos[first].examples, profile.name),
                                   label="Examples", elem_id="examples", visible=bool(demos[first].examples))
-            queue_note = gr.Markdown(elem_id="ask-queued")
+            queue_note = gr.Markdown(label="Queue note", elem_id="ask-queued")
             with gr.Row(equal_height=True):
                 ask = gr.Button("Ask", variant="primary", elem_id="ask", scale=1, min_width=100)
                 compare = gr.Button("Compare base vs adapter", elem_id="compare", scale=1, min_width=180)
@@ -212,185 +404,58 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
                           wrap_lines=True)
             with gr.Row():
                 run_button = gr.Button("Run SQL", elem_id="run-sql", size="sm")
-                status = gr.Markdown(elem_id="status")
+                status = gr.Markdown(label="Status", elem_id="status")
             results = gr.Dataframe(NO_RESULT, label="Result", interactive=False, elem_id="results",
                                    max_height=360)
-            with gr.Group(elem_id="chart"):
-                bar = gr.BarPlot(visible=False, elem_id="chart-bar")
-                line = gr.LinePlot(visible=False, elem_id="chart-line")
-            timings = gr.Markdown(elem_id="timings")
-            attempts = gr.Markdown(elem_id="attempts")
+            # A plain column, not a gr.Group: a group draws a heavy border around the plot inside it.
+            with gr.Column(elem_id="chart"):
+                bar = gr.BarPlot(visible=False, label="Bar chart", show_label=False, elem_id="chart-bar")
+                line = gr.LinePlot(visible=False, label="Line chart", show_label=False, elem_id="chart-line")
+            timings = gr.Markdown(label="Timings", elem_id="timings")
+            attempts = gr.Markdown(label="Attempts", elem_id="attempts")
     with gr.Accordion("Base vs adapter, side by side", open=False) as compare_box:
         with gr.Row():
             with gr.Column():
                 gr.Markdown("**Base model**")
-                base_sql = gr.Code(language="sql", interactive=False, elem_id="compare-base-sql", wrap_lines=True)
-                base_status = gr.Markdown()
-                base_results = gr.Dataframe(interactive=False, max_height=240)
+                base_sql = gr.Code(language="sql", interactive=False, label="Base model SQL", elem_id="compare-base-sql",
+                                   wrap_lines=True)
+                base_status = gr.Markdown(label="Base model status", elem_id="compare-base-status")
+                base_results = gr.Dataframe(interactive=False, max_height=240, label="Base model result",
+                                            elem_id="compare-base-results")
             with gr.Column():
                 gr.Markdown("**With adapter**")
-                tuned_sql = gr.Code(language="sql", interactive=False, elem_id="compare-adapter-sql", wrap_lines=True)
-                tuned_status = gr.Markdown()
-                tuned_results = gr.Dataframe(interactive=False, max_height=240)
+                tuned_sql = gr.Code(language="sql", interactive=False, label="Adapter SQL", elem_id="compare-adapter-sql",
+                                    wrap_lines=True)
+                tuned_status = gr.Markdown(label="Adapter status", elem_id="compare-adapter-status")
+                tuned_results = gr.Dataframe(interactive=False, max_height=240, label="Adapter result",
+                                             elem_id="compare-adapter-results")
     with gr.Accordion("History (this session)", open=False):
-        history_view = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, elem_id="history")
+        history_view = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, label="History", elem_id="history")
 
-    # -- handlers ---------------------------------------------------------------------------------------------
     answer_outputs = [sql, status, results, bar, line, timings, history, history_view, model_status, attempts]
     cleared_outputs = [sql, status, results, bar, line, timings, attempts]
-
-    def finished(answer: Answer, past: list, engine=None, adapter_choice: str | None = None) -> tuple:
-        past = [*past, _history_row(answer)]
-        info = sql_model_markdown(profile, engine.info, adapter=adapter_choice) if engine else gr.skip()
-        return (answer.sql or "", _status(answer), results_frame(answer.columns, answer.rows), *_charts(answer),
-                _timings(answer), past, pd.DataFrame(past, columns=HISTORY_COLUMNS), info, _attempts(answer))
-
-    def failed(message: str) -> tuple:
-        return (gr.skip(), error_markdown(message), *[gr.skip()] * 8)
-
-    def pick_database(key: str, state: dict):
-        try:
-            database = _database(key, state, demos)
-        except VoxQLError as error:
-            return gr.skip(), error_markdown(str(error)), gr.skip(), *[gr.skip()] * len(cleared_outputs)
-        demo = demos.get(key)
-        description = demo.description if demo else (
-            "Pasted schema: queries are generated and checked, not run." if key == PASTED else "Your upload (this session only).")
-        samples = [[q] for q in demo.examples] if demo else []
-        labels = example_labels(key, demo.examples, profile.name) if demo else None  # marks known-wrong examples
-        examples_update = gr.Dataset(samples=samples, sample_labels=labels, visible=bool(samples))
-        return database.schema.to_ddl(), description, examples_update, *cleared_answer()
-
-    def ask_question(text: str, key: str, adapter_choice: str, constrained: bool, hinted: bool, state: dict,
-                     past: list, request: gr.Request):
-        if not text or not text.strip():
-            yield (*failed("type a question first"), "")
-            return
-        session_key = request.session_hash if request else None
-        if session_key:
-            _ANSWERING[session_key] = text.strip()
-        try:
-            yield (*_answer_of(cleared_answer()), "")  # the previous answer goes before the new one starts
-            yield from (
-                (*values, gr.skip()) for values in _answer_stream(text, key, adapter_choice, constrained, hinted, state, past))
-        finally:
-            _ANSWERING.pop(session_key, None)
-
-    def _answer_of(cleared: tuple) -> tuple:
-        """cleared_answer() spread over answer_outputs (history and the model line kept)."""
-        sql_, status_, results_, bar_, line_, timings_, attempts_ = cleared
-        return sql_, status_, results_, bar_, line_, timings_, gr.skip(), gr.skip(), gr.skip(), attempts_
-
-    def _answer_stream(text, key, adapter_choice, constrained, hinted, state, past):
-        try:
-            database = _database(key, state, demos)
-            if loaded_engine(profile.sql_model, profile.sql_adapter) is None:
-                yield (gr.skip(), "Loading the model…", *[gr.skip()] * 8)
-            engine = get_engine(profile.sql_model, profile.sql_adapter)
-            adapter = None if adapter_choice == BASE else adapter_choice
-            options = _ask_options(profile, adapter_choice, constrained, hinted)
-            for event in ask_stream(text, database, engine, adapter=adapter, **options):
-                if isinstance(event, Progress):
-                    shown = extract_sql(event.reply) or event.reply
-                    note = f"Generating (attempt {event.attempt})…" if event.stage == "generating" else "Running…"
-                    yield (shown, note, *[gr.skip()] * 8)
-                else:
-                    yield finished(event, past, engine, adapter_choice)
-        except VoxQLError as error:
-            yield failed(str(error))
-
-    def run_typed_sql(text: str, key: str, state: dict, past: list):
-        try:
-            return finished(run_sql(text or "", _database(key, state, demos)), past)
-        except VoxQLError as error:
-            return failed(str(error))
-
-    def compare_answers(text: str, key: str, adapter_choice: str, constrained: bool, hinted: bool, state: dict):
-        """Stream the base model's answer, then the adapter's, into two columns."""
-        def problem(message: str) -> tuple:
-            return gr.Accordion(open=True), "", error_markdown(message), None, "", "", None
-
-        if not text or not text.strip():
-            yield problem("type a question first")
-            return
-        try:
-            database = _database(key, state, demos)
-            engine = get_engine(profile.sql_model, profile.sql_adapter)
-            tuned = adapter_choice if adapter_choice != BASE else engine.info.default_adapter
-            if tuned is None:
-                raise BadInput("no adapter is loaded for this model, so there is nothing to compare with "
-                               "(set VOXQL_SQL_ADAPTER or load one from the Train tab)")
-            values = ["", "Waiting…", None, "", "Waiting…", None]  # base sql/status/result, then the adapter's
-            for at, adapter in ((0, BASE), (3, tuned)):
-                for event in ask_stream(text, database, engine, adapter=None if adapter == BASE else adapter,
-                                        **_ask_options(profile, adapter, constrained, hinted)):
-                    if isinstance(event, Progress):
-                        values[at:at + 2] = [extract_sql(event.reply) or event.reply, "Generating…"]
-                    else:
-                        values[at:at + 3] = [event.sql or "", f"{_status(event)}  \n{_timings(event)}",
-                                             results_frame(event.columns, event.rows)]
-                    yield (gr.Accordion(open=True), *values)
-        except VoxQLError as error:
-            yield problem(str(error))
-
-    def upload_file(file: str | None, state: dict):
-        """(database picker, upload box, message under it, session): the picker switches to the upload, which
-        clears the previous answer; a refused file leaves the box so the next one can be dropped."""
-        if not file:
-            return gr.skip(), gr.skip(), "", state
-        state = dict(state)
-        new_dir = "dir" not in state  # one folder per session, made by its first upload that works
-        folder = state["dir"] if not new_dir else str(new_session_dir())
-        try:
-            path = import_upload(file, folder)
-        except VoxQLError as error:
-            if new_dir:
-                remove_session_dir(folder)
-            return gr.skip(), None, error_markdown(str(error)), state
-        name = Path(file).stem
-        state["dir"] = folder
-        state["uploads"] = {**state.get("uploads", {}), name: str(path)}
-        return (gr.Dropdown(choices=_choices(demos, state), value=name), None,
-                f"Uploaded **{html.escape(Path(file).name)}** as database `{name}`.", state)
-
-    def use_pasted_schema(ddl: str, state: dict):
-        try:
-            SchemaOnlyDatabase(ddl or "")  # validates, with a clear message
-        except VoxQLError as error:
-            return gr.skip(), error_markdown(str(error)), state
-        state = {**state, "ddl": ddl}
-        return gr.Dropdown(choices=_choices(demos, state), value=PASTED), "", state
-
-    def refresh_model_status(adapter_choice: str):
-        engine = loaded_engine(profile.sql_model, profile.sql_adapter)
-        error = load_error(profile.sql_model, profile.sql_adapter)
-        done = engine is not None or error is not None
-        line_ = sql_model_markdown(profile, engine.info if engine else None, error, adapter=adapter_choice)
-        return line_, gr.Timer(active=not done)
-
-    def model_line_for(adapter_choice: str):
-        engine = loaded_engine(profile.sql_model, profile.sql_adapter)
-        error = load_error(profile.sql_model, profile.sql_adapter)
-        return sql_model_markdown(profile, engine.info if engine else None, error, adapter=adapter_choice)
-
-    status_timer.tick(refresh_model_status, adapter_picker, [model_status, status_timer], api_visibility="private",
-                      show_progress="hidden")
-    adapter_picker.change(model_line_for, adapter_picker, model_status, api_visibility="private",
-                          show_progress="hidden")
+    ask_inputs = [question, db_picker, adapter_picker, constrain, value_hints, session]
     model_events = dict(concurrency_id="sql-model", concurrency_limit=4)
+    # gpu_task: on ZeroGPU hardware a GPU is attached only while these run (elsewhere it changes nothing).
+    private = dict(api_visibility="private", show_progress="hidden")
+
+    status_timer.tick(bind_context(refresh_model_status, ctx), adapter_picker, [model_status, status_timer], **private)
+    adapter_picker.change(bind_context(model_line, ctx), adapter_picker, model_status, **private)
     # A question sent while one runs waits for it (always_last) and the note above the buttons says so at once.
     gr.on([question.submit, ask.click], ask_note, question, queue_note, queue=False, trigger_mode="multiple",
-          api_visibility="private", show_progress="hidden")
-    gr.on([question.submit, ask.click], ask_question,
-          [question, db_picker, adapter_picker, constrain, value_hints, session, history],
+          **private)
+    gr.on([question.submit, ask.click], gpu_task(bind_context(ask_question, ctx)), [*ask_inputs, history],
           [*answer_outputs, queue_note], api_name="ask", trigger_mode="always_last", **model_events)
-    run_button.click(run_typed_sql, [sql, db_picker, session, history], answer_outputs, api_name="run_sql")
-    compare.click(compare_answers, [question, db_picker, adapter_picker, constrain, value_hints, session],
+    run_button.click(bind_context(run_typed_sql, ctx), [sql, db_picker, session, history], answer_outputs,
+                     api_name="run_sql")
+    compare.click(gpu_task(bind_context(compare_answers, ctx), duration=120), ask_inputs,
                   [compare_box, base_sql, base_status, base_results, tuned_sql, tuned_status, tuned_results],
                   api_name="compare", **model_events)
-    db_picker.change(pick_database, [db_picker, session], [schema_view, db_info, examples, *cleared_outputs],
+    db_picker.change(bind_context(pick_database, ctx), [db_picker, session], [schema_view, db_info, examples, *cleared_outputs],
                      api_name="pick_database")
-    examples.click(lambda sample: sample[0], examples, question, api_visibility="private")
-    upload.upload(upload_file, [upload, session], [db_picker, upload, upload_status, session], api_name="upload")
-    use_ddl.click(use_pasted_schema, [ddl_box, session], [db_picker, ddl_status, session], api_name="use_schema")
+    examples.click(pick_example, examples, question, api_visibility="private")
+    upload.upload(bind_context(upload_file, ctx), [upload, session], [db_picker, upload, upload_status, session],
+                  api_name="upload")
+    use_ddl.click(bind_context(use_pasted_schema, ctx), [ddl_box, session], [db_picker, ddl_status, session],
+                  api_name="use_schema")
     return AskTab(question=question, adapter_picker=adapter_picker)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import html
+import inspect
+import typing
+from collections.abc import Callable
 from pathlib import Path
 
 from pipelines.engine import EngineInfo
@@ -43,3 +46,26 @@ def sql_model_markdown(profile: Profile, info: EngineInfo | None, load_error: st
         f"**Model:** {short_name(info.model)} · **adapter:** {html.escape(shown)} · **engine:** {info.engine} · "
         f"**device:** {info.device} ({info.dtype}) · profile `{profile.name}`"
     )
+
+
+def bind_context(fn: Callable, ctx) -> Callable:
+    """`fn` with its first parameter (the app-wide context) filled in, looking to Gradio like a plain handler: its
+    name, its other parameters (named API parameters) and their resolved type hints. (functools.partial would hide
+    the hints, and Gradio injects `gr.Request` by its hint.)"""
+    if inspect.isgeneratorfunction(fn):
+        def handler(*args, **kwargs):
+            yield from fn(ctx, *args, **kwargs)
+    else:
+        def handler(*args, **kwargs):
+            return fn(ctx, *args, **kwargs)
+    signature = inspect.signature(fn)
+    first, *rest = signature.parameters
+    handler.__signature__ = signature.replace(parameters=[signature.parameters[name] for name in rest])
+    try:
+        hints = typing.get_type_hints(fn)
+    except (NameError, TypeError):
+        hints = {}
+    hints.pop(first, None)
+    handler.__annotations__ = hints
+    handler.__name__, handler.__qualname__, handler.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+    return handler

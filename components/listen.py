@@ -25,12 +25,13 @@ from components.common import error_markdown
 from components.mic_transport import ATTACH_JS, START_JS, STOP_JS, ensure_routes, registry
 from pipelines.errors import VoxQLError
 from pipelines.profiles import ASSETS_DIR, Profile
+from pipelines.spaces import gpu_task
 from pipelines.speech.audio import max_seconds
 from pipelines.speech.session import ListenSession, LiveStatus
 from pipelines.speech.transport import MicRecording, TransportError, TransportStats
 from pipelines.speech.tags import CATEGORY, TAG_PATTERN, normalize_tag
-from pipelines.speech.transcribe import (SpeechEngine, Transcript, expected_tag_note, get_speech_engine,
-                                         loaded_speech_engine, transcribe_file)
+from pipelines.speech.transcribe import (SpeechEngine, Transcript, get_speech_engine, loaded_speech_engine,
+                                         tag_channel_note, transcribe_file)
 from pipelines.speech.whisper_asr import display_name
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,11 @@ def highlight(merged: str) -> list[tuple[str, str | None]]:
     if position < len(merged):
         spans.append((merged[position:], None))
     return spans
+
+
+def expected_tag_note(profile: Profile) -> str | None:
+    """Why this profile can have no tag channel, known before any model loads."""
+    return tag_channel_note(profile)
 
 
 def engine_markdown(profile: Profile, engine: SpeechEngine | None, error: str | None = None) -> str:
@@ -240,12 +246,12 @@ def forget_session(current) -> None:
         registry().discard(current.id)
 
 
-def on_file(path: str | None, tags: bool, k: float, profile: Profile):
+def on_file(audio: str | None, tags: bool, top_k: float, profile: Profile):
     """Transcribe an audio file: (highlighted transcript, result dict, status line, plain text)."""
-    if not path:
+    if not audio:
         return [], None, error_markdown("upload or record an audio file first"), ""
     try:
-        final = transcribe_file(path, profile, tags=tags, top_k=int(k), fallback=True)
+        final = transcribe_file(audio, profile, tags=tags, top_k=int(top_k), fallback=True)
     except VoxQLError as error:
         return [], None, error_markdown(str(error)), ""
     return highlight(final.merged), final.to_dict(), _timings(final), final.text
@@ -253,6 +259,21 @@ def on_file(path: str | None, tags: bool, k: float, profile: Profile):
 
 def refresh_engine_line(profile: Profile) -> str:
     return engine_markdown(profile, loaded_speech_engine(profile, fallback=True))
+
+
+def tags_note_markdown(note: str | None) -> str:
+    """The line in place of the tag controls; the model line above says in full why there is no tag channel."""
+    return "**No tags here:** this speech model gives the words only (why: see the model line above)." if note else ""
+
+
+def tag_controls(profile: Profile) -> tuple:
+    """(tag checkbox, top-k slider, transcript, note): the tag controls and the legend only where a tag channel
+    exists (what the loaded engine says, else what the profile tells), and a line saying why when not."""
+    note = tag_channel_note(profile, loaded_speech_engine(profile, fallback=True))
+    available = note is None
+    checkbox = gr.Checkbox(interactive=True) if available else gr.Checkbox(interactive=False, value=False)
+    return (checkbox, gr.Slider(visible=available),
+            gr.HighlightedText(show_legend=available), gr.Markdown(tags_note_markdown(note), visible=not available))
 
 
 def to_ask(text: str):
@@ -265,8 +286,11 @@ def build_listen_tab(profile: Profile, question_box: gr.Textbox, tabs: gr.Tabs) 
     session = gr.State(None, delete_callback=forget_session)  # this user's current MicRecording
     profile_state = gr.State(profile)
     plain_text = gr.State("")  # the final transcript without tags: what "Ask your data" receives
-    # A callable value: every page load shows what is live now, not what was live when the app was built.
-    engine_status = gr.Markdown(lambda: refresh_engine_line(profile), elem_id="listen-engine")
+    engine_status = gr.Markdown(engine_markdown(profile, None), label="Speech model", elem_id="listen-engine")
+    # Every page load shows what is live now, not what was live when the app was built (triggers=None: on load).
+    # (A callable value would do the same through a public "/lambda" endpoint.)
+    gr.on(None, refresh_engine_line, inputs=[profile_state], outputs=[engine_status], api_visibility="private",
+          queue=False, show_progress="hidden")
 
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
@@ -284,20 +308,23 @@ def build_listen_tab(profile: Profile, question_box: gr.Textbox, tabs: gr.Tabs) 
             if examples:
                 gr.Examples([[path] for path in examples], inputs=[upload], label="Example clips (espeak-ng voices)",
                             cache_examples=False)
+            no_tags = expected_tag_note(profile)
             with gr.Row():
-                no_tags = expected_tag_note(profile)
                 tags_on = gr.Checkbox(not no_tags, label="Tag channel", interactive=not no_tags,
                                       info="needs the Voxtral tag adapter" if no_tags else None,
                                       elem_id="listen-tags-on")
-                top_k = gr.Slider(0, 5, value=2, step=1, label="Tags kept (top-k, 0 = all)", elem_id="listen-top-k")
+                # No top-k to set where no tags come (a live slider there would promise what cannot happen).
+                top_k = gr.Slider(0, 5, value=2, step=1, label="Tags kept (top-k, 0 = all)", elem_id="listen-top-k",
+                                  visible=not no_tags)
+            tags_note = gr.Markdown(tags_note_markdown(no_tags), visible=bool(no_tags), elem_id="listen-tags-note")
             transcribe_button = gr.Button("Transcribe file", variant="primary", elem_id="listen-transcribe")
         with gr.Column(scale=2):
-            transcript = gr.HighlightedText(label="Tagged transcript", color_map=COLOR_MAP, show_legend=True,
+            transcript = gr.HighlightedText(label="Tagged transcript", color_map=COLOR_MAP, show_legend=not no_tags,
                                             combine_adjacent=False, elem_id="listen-transcript")
-            status = gr.Markdown(elem_id="listen-status")
+            status = gr.Markdown(label="Status", elem_id="listen-status")
             send = gr.Button("Ask this in “Ask your data”", elem_id="listen-send")
             with gr.Accordion("Result (JSON)", open=False):
-                result = gr.JSON(elem_id="listen-result")
+                result = gr.JSON(label="Result", elem_id="listen-result")
 
     # -- microphone: the page captures and POSTs the audio itself (components/mic_transport.py) --------------
     # Record: the capture starts at once (js only), and the handler's recording id then goes to the page.
@@ -317,10 +344,12 @@ def build_listen_tab(profile: Profile, question_box: gr.Textbox, tabs: gr.Tabs) 
                        api_visibility="private", show_progress="hidden")
 
     # -- file (also the programmatic endpoint: gradio_client cannot drive a microphone stream) -------------------
-    transcribe_button.click(on_file, inputs=[upload, tags_on, top_k, profile_state],
+    transcribe_button.click(gpu_task(on_file), inputs=[upload, tags_on, top_k, profile_state],
                             outputs=[transcript, result, status, plain_text], api_name="transcribe",
                             concurrency_id=CONCURRENCY_ID, concurrency_limit=CONCURRENCY_LIMIT).then(
-        refresh_engine_line, inputs=[profile_state], outputs=[engine_status], api_visibility="private", queue=False)
+        refresh_engine_line, inputs=[profile_state], outputs=[engine_status], api_visibility="private", queue=False).then(
+        tag_controls, inputs=[profile_state], outputs=[tags_on, top_k, transcript, tags_note], api_visibility="private",
+        queue=False)
 
     # -- to "Ask your data" ---------------------------------------------------------------------------------------
     send.click(to_ask, inputs=[plain_text], outputs=[question_box, tabs, status], api_visibility="private",

@@ -17,9 +17,10 @@ import gradio as gr
 import pandas as pd
 
 from components.common import error_markdown
-from components.train import Job, loss_frame, training_log
+from components.train import loss_plot, training_log
 from pipelines.errors import BadInput
 from pipelines.profiles import CPU_TAG_ADAPTER_DIR, cache_dir
+from pipelines.training.jobs import Job, JobRunner
 from pipelines.training.sql_sft import format_duration
 from pipelines.training.tags_train import METHODS, TagTrainConfig, tag_config, train_tags
 
@@ -32,7 +33,7 @@ FIELDS = [("max_steps", "Max steps (0: by epochs)"), ("epochs", "Epochs (RAFT: 1
 RAFT_DEFAULT_OVERRIDES = {"epochs", "learning_rate"}  # left at 0 / blank, RAFT uses its own defaults
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TagTrainConfig)}
 
-_job: Job | None = None  # the one tag job of this app (training, corpus or evaluation)
+jobs = JobRunner()  # one tag job at a time in this app (a corpus, a training run or an evaluation)
 
 
 def corpus_dir() -> Path:
@@ -57,15 +58,6 @@ def adapter_path(name: str | None) -> str | None:
     return str(CPU_TAG_ADAPTER_DIR if name == "shipped" else tag_adapters_root() / name)
 
 
-def _start(kind: str, target) -> Job:
-    global _job
-    if _job is not None and _job.running:
-        raise BadInput(f"a {_job.kind} is running: wait for it or cancel it")
-    _job = Job(kind, target)
-    _job.thread.start()
-    return _job
-
-
 def _follow(job: Job, render):
     """Yield the job's view every POLL_S until it ends, then once more."""
     while job.running:
@@ -84,7 +76,7 @@ def make_corpus(clips: float):
                         progress=lambda done, total: job.events.append(f"{done}/{total} clips"))
 
     try:
-        job = _start("corpus", run)
+        job = jobs.start("corpus", run)
     except BadInput as error:
         yield error_markdown(str(error)), gr.skip()
         return
@@ -110,7 +102,7 @@ def start_training(method: str, data: str, from_adapter: str | None, name: str, 
         yield error_markdown(str(error)), *[gr.skip()] * 5
         return
     try:
-        job = _start("tag training", lambda job: train_tags(config, job.events.append, job.cancel))
+        job = jobs.start("tag training", lambda job: train_tags(config, job.events.append, job.cancel))
     except BadInput as error:
         yield error_markdown(str(error)), *[gr.skip()] * 5
         return
@@ -152,14 +144,12 @@ def training_view(job: Job):
         status = ("Cancelling… " if job.cancel.is_set() else "") + events[-1].message
     else:
         status = "Starting…"
-    return status, training_log(events), loss_frame(events)
+    return status, training_log(events), loss_plot(events)
 
 
 def cancel_job() -> str:
-    if _job is None or not _job.running:
-        return "Nothing is running."
-    _job.cancel.set()
-    return f"Cancelling the {_job.kind}…"
+    job = jobs.cancel()
+    return f"Cancelling the {job.kind}…" if job else "Nothing is running."
 
 
 def evaluate(data: str, sft: str | None, raft: str | None, limit: float):
@@ -174,7 +164,7 @@ def evaluate(data: str, sft: str | None, raft: str | None, limit: float):
     dev = dev if dev.is_file() else Path(data)
     try:
         rows = [{"audio": e.audio, "reference": e.reference} for e in load_tag_examples(dev, int(limit) or None)]
-        job = _start("tag evaluation", lambda job: evaluate_tag_systems(
+        job = jobs.start("tag evaluation", lambda job: evaluate_tag_systems(
             rows, seed_table_systems(adapter_path(sft), adapter_path(raft)),
             lambda done, total: job.events.append((done, total))))
     except BadInput as error:

@@ -117,3 +117,31 @@ def test_pasted_schema_mode(client):
     assert message == ""
     _, message = client.predict("CREATE TABLE broken (", api_name="/use_schema")
     assert message.startswith("**Error:** could not parse")
+
+
+def test_the_api_is_named_and_a_script_can_use_it_by_keyword(client, tmp_path):
+    """What the README's API section shows: named endpoints and parameters (no /lambda, no param_N or value_N),
+    and a session across calls (an upload, then SQL on it)."""
+    from gradio_client import handle_file
+
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/ask", "/run_sql", "/compare", "/upload", "/use_schema", "/pick_database", "/transcribe", "/train",
+            "/cancel_training", "/train_progress", "/evaluate_adapter", "/load_adapter"} <= set(info)
+    assert not [name for name in info if name.startswith("/lambda")]
+    names = [p["parameter_name"] for e in info.values() for p in e["parameters"]]
+    labels = [r["label"] for e in info.values() for r in e["returns"]]
+    assert not [n for n in names if n.startswith("param_")] and not [l for l in labels if l.startswith("value_")]
+
+    csv = tmp_path / "rainfall.csv"
+    csv.write_text("city,mm\nBergen,2250\nCairo,18\n")
+    picker, _, message = client.predict(file=handle_file(str(csv)), api_name="/upload")
+    assert picker["value"] == "rainfall" and "rainfall" in message
+    _, status, result, *_ = client.predict(sql="SELECT city FROM rainfall WHERE mm > 100", database="rainfall",
+                                           api_name="/run_sql")
+    assert result["headers"] == ["city"] and result["data"] == [["Bergen"]]
+    sql, status, result, *_ = client.predict(question=TAUGHT_QUESTION, database="shop", adapter="default",
+                                             constrain=True, value_hints=True, api_name="/ask")
+    assert result["data"] == [[5000]]
+    assert client.predict(preset="CPU quick", api_name="/train_preset")[5] == 768
+    _, message = client.predict(adapter="no-such-adapter", api_name="/load_adapter")
+    assert message.startswith("**Error:**")

@@ -35,3 +35,21 @@ def test_model_line_names_the_picked_adapter_by_its_short_name():
     mine = sql_model_markdown(profile, info, adapter="mine")
     assert "adapter" in mine and "/tmp" not in mine
     assert "none (base model only)" in sql_model_markdown(profile, info, adapter="base")
+
+
+def test_bound_handlers_keep_their_name_parameters_and_request_hint():
+    """bind_context: Gradio names the API parameters after the handler's and injects gr.Request by its hint."""
+    import inspect
+
+    from gradio import utils
+
+    from components.common import bind_context
+
+    ctx = ask.AskContext(resolve_profile("cpu"), {})
+    bound = bind_context(ask.upload_file, ctx)
+    assert bound.__name__ == "upload_file"
+    assert list(inspect.signature(bound).parameters) == ["file", "session", "request"]
+    assert [name for name, *_ in utils.get_function_params(bound)] == ["file", "session"]  # request: injected
+    streaming = bind_context(ask.compare_answers, ctx)
+    assert inspect.isgeneratorfunction(streaming)
+    assert "type a question first" in next(streaming("", "shop", "base", True, True, {}))[2]

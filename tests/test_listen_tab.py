@@ -219,3 +219,27 @@ def test_whisper_without_a_tag_adapter_says_the_tag_channel_is_unavailable_befor
 
     line = engine_markdown(resolve_profile("cpu", asr_model="embedded:whisper-tiny.en", tag_adapter="none"), None)
     assert "Tag channel unavailable" in line and TAGS_NEED_ADAPTER in line
+
+
+def test_without_a_tag_channel_the_tag_controls_and_legend_are_hidden_and_a_line_says_why():
+    from components.listen import tag_controls
+
+    whisper = resolve_profile("cpu", asr_model="embedded:whisper-tiny.en")
+    with gr.Blocks() as demo:
+        with gr.Tabs() as tabs:
+            with gr.Tab("Listen", id="listen"):
+                build_listen_tab(whisper, gr.Textbox(), tabs)
+    by_id = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    assert by_id["listen-top-k"].visible is False and by_id["listen-tags-on"].interactive is False
+    assert by_id["listen-transcript"].show_legend is False
+    note = by_id["listen-tags-note"]
+    assert note.visible and "words only" in note.value
+    checkbox, slider, transcript, line = tag_controls(whisper)
+    assert slider.visible is False and transcript.show_legend is False and checkbox.value is False
+    assert line.visible and "No tags here" in line.value
+
+
+def test_with_a_tag_channel_the_tag_controls_show(app):
+    by_id = {getattr(b, "elem_id", None): b for b in app.blocks.values()}
+    assert by_id["listen-top-k"].visible is True and by_id["listen-transcript"].show_legend is True
+    assert by_id["listen-tags-note"].visible is False

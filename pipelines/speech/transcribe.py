@@ -37,13 +37,6 @@ TAGS_NEED_ADAPTER = (
 )
 
 
-def expected_tag_note(profile: Profile) -> str | None:
-    """Why this profile can have no tag channel, known before any model loads; None when it has one."""
-    if profile.tag_adapter:
-        return None
-    return TAGS_NEED_ADAPTER if is_whisper_spec(profile.asr_model) else NO_ADAPTER
-
-
 @dataclass
 class Transcript:
     text: str  # the ASR channel's words, tags removed
@@ -167,6 +160,16 @@ def warm_speech_engine(profile: Profile) -> threading.Thread:
 def loaded_speech_engine(profile: Profile, fallback: bool = False) -> SpeechEngine | None:
     """The engine if it is already loaded (for status lines that must not trigger a load)."""
     return _cache.get((profile.asr_model, profile.tag_adapter, fallback))
+
+
+def tag_channel_note(profile: Profile, engine: SpeechEngine | None = None) -> str | None:
+    """Why there is no tag channel, or None when there is one: the loaded engine's word when there is one, else
+    what the profile alone tells (a Whisper model, or no tag adapter), known before any model loads."""
+    if engine is not None:
+        return engine.tag_note
+    if profile.tag_adapter:
+        return None
+    return TAGS_NEED_ADAPTER if is_whisper_spec(profile.asr_model) else NO_ADAPTER
 
 
 def build_transcript(engine: SpeechEngine, asr: ChannelOutput, tag: ChannelOutput | None, *, tags: bool,

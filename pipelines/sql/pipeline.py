@@ -86,6 +86,11 @@ class Progress:
     reply: str
     stage: str  # "generating", "validating", "executing"
 
+    @property
+    def sql(self) -> str:
+        """The SQL in the reply so far (the reply itself until a query can be told apart from the text)."""
+        return extract_sql(self.reply) or self.reply
+
 
 def question_messages(question: str, database: Database, *, dialect: str | None = None,
                       value_hints: bool = True) -> list:

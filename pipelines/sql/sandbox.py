@@ -216,12 +216,16 @@ def _process_memory_bytes(limits: SandboxLimits) -> int:
 
 
 # -- worker processes ----------------------------------------------------------------------------------------------
+_LIVE_WORKERS: set = set()  # every started worker, busy or idle: all are ended when the app exits
+
+
 class _Worker:
     """One `python -I sandbox_worker.py` process, in its own empty folder, with a scrubbed environment."""
 
     def __init__(self) -> None:
         # The app's pid in the name: folders of an app that died are swept by the next one (_sweep_folders).
         self.folder = tempfile.mkdtemp(prefix=f"{WORKER_PREFIX}{os.getpid()}-")
+        _LIVE_WORKERS.add(self)
         env = {"HOME": self.folder, "TMPDIR": self.folder, "PATH": os.defpath, "LANG": "C.UTF-8",
                "MALLOC_ARENA_MAX": "2"}  # fewer glibc arenas: less address space reserved per thread
         try:
@@ -289,6 +293,16 @@ class _Worker:
             except OSError:
                 pass
         shutil.rmtree(self.folder, ignore_errors=True)
+        _LIVE_WORKERS.discard(self)
+
+
+def kill_all_workers() -> None:
+    """End every worker and remove its folder, busy ones too (at exit: nothing will wait for their answers)."""
+    for worker in list(_LIVE_WORKERS):
+        worker.kill()
+
+
+atexit.register(kill_all_workers)
 
 
 class WorkerPool:

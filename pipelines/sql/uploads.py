@@ -8,6 +8,7 @@ a reader cannot take the app down; the result is then opened only by the read-on
 
 from __future__ import annotations
 
+import atexit
 import errno
 import json
 import os
@@ -34,10 +35,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- session folders -----------------------------------------------------------------------------------------------
+_LIVE_SESSION_DIRS: set[str] = set()  # made by this process and not removed yet: removed at exit
+
+
 def new_session_dir() -> Path:
     """A private (0700) temporary folder for one session's files; old ones left behind are swept first."""
     _sweep_stale_sessions()
-    return Path(tempfile.mkdtemp(prefix=SESSION_PREFIX))
+    path = tempfile.mkdtemp(prefix=SESSION_PREFIX)
+    _LIVE_SESSION_DIRS.add(path)
+    return Path(path)
 
 
 def remove_session_dir(path: str | Path | None) -> None:
@@ -47,6 +53,16 @@ def remove_session_dir(path: str | Path | None) -> None:
     path = Path(path)
     if path.name.startswith(SESSION_PREFIX) and path.parent == Path(tempfile.gettempdir()):
         shutil.rmtree(path, ignore_errors=True)
+        _LIVE_SESSION_DIRS.discard(str(path))
+
+
+def remove_all_session_dirs() -> None:
+    """At exit: every session's folder goes with the app (their pages cannot come back to them)."""
+    for path in list(_LIVE_SESSION_DIRS):
+        remove_session_dir(path)
+
+
+atexit.register(remove_all_session_dirs)
 
 
 def _sweep_stale_sessions() -> None:
