@@ -94,8 +94,12 @@ def corpus_view(job: Job):
             str(corpus_dir() / "train.jsonl"))
 
 
-def start_training(method: str, data: str, from_adapter: str | None, name: str, *values):
-    """Train a tags adapter; yields (status, log, loss plot, and the three adapter pickers at the end)."""
+def start_training(method: str, data: str, from_adapter: str | None, name: str, max_steps: float, epochs: float,
+                   learning_rate: float, batch_size: float, samples: float, temperature: float, top_p: float,
+                   max_clips: float):
+    """Train a tags adapter; yields (status, log, loss plot, and the three adapter pickers at the end).
+    The numbers are FIELDS, in order (0 leaves epochs, learning rate and max clips at the method's default)."""
+    values = [max_steps, epochs, learning_rate, batch_size, samples, temperature, top_p, max_clips]
     try:
         config = training_config(method, data, from_adapter, name, values)
     except BadInput as error:
@@ -196,7 +200,7 @@ def build_tag_training_section() -> None:
         with gr.Row():
             clips = gr.Number(420, label="Corpus clips", precision=0, minimum=14, maximum=3000, scale=1)
             make = gr.Button("Make the synthetic corpus", elem_id="train-tags-corpus", scale=1)
-        corpus_status = gr.Markdown(elem_id="train-tags-corpus-status")
+        corpus_status = gr.Markdown(label="Corpus status", elem_id="train-tags-corpus-status")
         with gr.Row():
             data = gr.Textbox(str(corpus_dir() / "train.jsonl"), label="Training data (JSONL)", scale=3)
             method = gr.Radio(["SFT", "RAFT"], value="SFT", label="Method", scale=1, elem_id="train-tags-method")
@@ -209,7 +213,7 @@ def build_tag_training_section() -> None:
         with gr.Row():
             start = gr.Button("Train", variant="primary", elem_id="train-tags-start")
             cancel = gr.Button("Cancel", elem_id="train-tags-cancel")
-        status = gr.Markdown(elem_id="train-tags-status")
+        status = gr.Markdown(label="Tag training status", elem_id="train-tags-status")
         loss = gr.LinePlot(x="step", y="loss", label="Loss", elem_id="train-tags-loss", height=220)
         log_box = gr.Textbox(label="Log", lines=6, max_lines=12, autoscroll=True, elem_id="train-tags-log")
         with gr.Row():
@@ -217,7 +221,7 @@ def build_tag_training_section() -> None:
             raft = gr.Dropdown(tag_adapter_choices(), label="RAFT adapter", elem_id="train-tags-eval-raft")
             limit = gr.Number(0, label="Clips (0: all of dev)", precision=0)
             evaluate_button = gr.Button("Evaluate before/after", elem_id="train-tags-eval")
-        eval_status = gr.Markdown(elem_id="train-tags-eval-status")
+        eval_status = gr.Markdown(label="Tag evaluation status", elem_id="train-tags-eval-status")
         eval_table = gr.Dataframe(label="Base / SFT / RAFT (the seed's table)", interactive=False,
                                   elem_id="train-tags-eval-table")
 

@@ -224,7 +224,7 @@ def test_whisper_without_a_tag_adapter_says_the_tag_channel_is_unavailable_befor
 def test_without_a_tag_channel_the_tag_controls_and_legend_are_hidden_and_a_line_says_why():
     from components.listen import tag_controls
 
-    whisper = resolve_profile("cpu", asr_model="embedded:whisper-tiny.en")
+    whisper = resolve_profile("cpu", asr_model="embedded:whisper-tiny.en", tag_adapter="none")
     with gr.Blocks() as demo:
         with gr.Tabs() as tabs:
             with gr.Tab("Listen", id="listen"):
