@@ -109,3 +109,22 @@ def test_eval_tags_prints_the_seed_table(sft_adapter, tag_clips, tmp_path, capsy
     assert table["SFT"]["f1"] > table["Base"]["f1"]
     report = json.loads(report_path.read_text())
     assert report["command"].startswith("python -m pipelines eval-tags") and len(report["clips"]) == 8
+
+
+def test_a_live_session_gets_the_tags_at_stop(sft_adapter, tag_clips):
+    import numpy as np
+    import soundfile as sf
+    import soxr
+
+    from pipelines.profiles import resolve_profile
+    from pipelines.speech.session import ListenSession
+    from pipelines.speech.transcribe import get_speech_engine
+
+    audio, rate = sf.read(tag_clips.parent / "en-us-whisper-1.wav", dtype="float32")
+    mic = (soxr.resample(audio, rate, 48_000) * 32767).astype(np.int16)
+    session = ListenSession(get_speech_engine(resolve_profile("cpu", tag_adapter=str(sft_adapter))), tags=True)
+    for i in range(0, len(mic), 12_000):  # 0.25 s chunks, as the page sends them
+        session.receive(48_000, mic[i:i + 12_000])
+    final = session.finish(timeout=120)
+    assert not final.partial and final.tag_channel == "on"
+    assert final.tags_filtered == ["whispers"] and final.merged.startswith("[whispers] ")
