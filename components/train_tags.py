@@ -159,7 +159,7 @@ def cancel_job() -> str:
 def evaluate(data: str, sft: str | None, raft: str | None, limit: float):
     """Base / SFT / RAFT raw / RAFT + top-k on a tagged set; yields (status, table)."""
     from pipelines.speech.tag_eval import evaluate_tag_systems, seed_table_systems
-    from pipelines.training.tags_train import load_tag_examples
+    from pipelines.speech.tag_data import load_tag_examples
 
     if not data or not Path(data).is_file():
         yield error_markdown("no evaluation data: make the corpus first (its dev.jsonl is used)"), gr.skip()

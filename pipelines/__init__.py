@@ -29,6 +29,8 @@ _EXPORTS = {
     "train_sql": "pipelines.training.sql_sft",
     "config_from_preset": "pipelines.training.sql_sft",
     "evaluate_adapter": "pipelines.training.sql_sft",
+    "train_tags": "pipelines.training.tags_train",
+    "tag_config": "pipelines.training.tags_train",
 }
 
 __all__ = sorted(_EXPORTS)

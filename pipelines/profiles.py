@@ -43,6 +43,12 @@ def _shipped(folder: Path) -> str | None:
     return str(folder) if (folder / "adapter_config.json").exists() else None
 
 
+def _is_whisper(spec: str) -> bool:
+    from pipelines.speech.whisper_asr import is_whisper_spec
+
+    return is_whisper_spec(spec)
+
+
 def builtin_profiles() -> dict[str, Profile]:
     return {
         "gpu": Profile(
@@ -115,6 +121,10 @@ def resolve_profile(name: str | None = None, **overrides: str | None) -> Profile
         if field in changes:
             changes[field] = normalize_adapter(changes[field])
     profile = replace(profile, **changes)
+    if "asr_model" in changes and "tag_adapter" not in changes and profile.tag_adapter == _shipped(
+            CPU_TAG_ADAPTER_DIR) and not _is_whisper(profile.asr_model):
+        # The shipped tags LoRA is for Whisper tiny.en: another ASR model gets no adapter unless one is named.
+        profile = replace(profile, tag_adapter=None)
     if profile.sql_dialect is None:
         profile = replace(profile, sql_dialect=adapter_dialect(profile.sql_adapter))
     return profile

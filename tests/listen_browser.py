@@ -43,6 +43,31 @@ def listen_demo(profile):
     return demo.queue()
 
 
+@contextmanager
+def app_page(url: str):
+    """A Chromium page on the app at `url`, once the Ask tab's SQL box is there."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            tab = chromium.new_page(viewport={"width": 1280, "height": 1000})
+            tab.goto(url)
+            tab.locator("#sql").wait_for()
+            yield tab
+        finally:
+            chromium.close()
+
+
+def screenshot_folder(tmp_path_factory) -> Path:
+    """$VOXQL_SCREENSHOTS, or a temporary folder."""
+    import os
+
+    folder = Path(os.environ.get("VOXQL_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def chromium_missing() -> str | None:
     """Why the browser tests cannot run here, or None."""
     if not Path(CHROMIUM).exists():

@@ -3,12 +3,11 @@ table, switch database and see the answer go. Screenshots go to $VOXQL_SCREENSHO
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from tests.listen_browser import CHROMIUM, FLAGS, chromium_missing
+from tests.listen_browser import app_page, chromium_missing, screenshot_folder
 
 reason = chromium_missing()
 pytestmark = pytest.mark.skipif(reason is not None, reason=reason or "")
@@ -27,25 +26,14 @@ def app_url(tiny_llama_dir, taught_adapter_dir):
 
 
 @pytest.fixture(scope="module")
-def page(app_url, tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            tab = chromium.new_page(viewport={"width": 1280, "height": 1000})
-            tab.goto(app_url)
-            tab.locator("#sql").wait_for()
-            yield tab
-        finally:
-            chromium.close()
+def page(app_url):
+    with app_page(app_url) as tab:
+        yield tab
 
 
 @pytest.fixture(scope="module")
 def screenshots(tmp_path_factory) -> Path:
-    folder = Path(os.environ.get("VOXQL_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return screenshot_folder(tmp_path_factory)
 
 
 def pick_database(page, name: str) -> None:

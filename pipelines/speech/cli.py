@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.errors import BadInput
 
 
 def _top_k(value: str) -> int:
@@ -50,26 +49,10 @@ def cmd_tag_metrics(args: argparse.Namespace) -> int:
 
 
 def read_eval_rows(path: Path) -> list[dict]:
-    """JSONL rows {"audio": path (relative to the file's folder), "tagged_text": reference}."""
-    if not path.is_file():
-        raise BadInput(f"no such file: {path}")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            audio, reference = row["audio"], row.get("reference", row.get("tagged_text"))
-            if not isinstance(reference, str):
-                raise KeyError("reference")
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise BadInput(f"{path.name}:{number}: expected {{\"audio\": ..., \"tagged_text\": ...}}") from None
-        audio_path = Path(audio)
-        rows.append({"audio": str(audio_path if audio_path.is_absolute() else path.parent / audio_path),
-                     "tagged_text": reference})
-    if not rows:
-        raise BadInput(f"{path.name}: no rows")
-    return rows
+    """JSONL rows {"audio": path (relative to the file's folder), "reference" or "tagged_text": reference}."""
+    from pipelines.speech.tag_data import load_tag_examples
+
+    return [{"audio": e.audio, "tagged_text": e.reference} for e in load_tag_examples(path)]
 
 
 def cmd_eval_tags(args: argparse.Namespace) -> int:

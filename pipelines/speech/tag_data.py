@@ -23,6 +23,7 @@ import argparse
 import io
 import json
 import math
+import random
 import shutil
 import subprocess
 import sys
@@ -732,3 +733,33 @@ def register(subparsers) -> None:
                         help="share of clips with no tag (default 1/3)")
     parser.add_argument("--no-piper", action="store_true", help="espeak-ng voices only")
     parser.set_defaults(func=cmd_make_tag_data)
+
+
+# -- reading a corpus (training, evaluation and eval-tags read it the same way) -----------------------------------
+@dataclass
+class TagExample:
+    audio: str  # absolute path
+    reference: str  # the tagged transcript the adapter should write
+
+
+def load_tag_examples(path: str | Path, max_clips: int | None = None, seed: int = 0) -> list[TagExample]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise BadInput(f"no such file: {path} (make one with `python -m pipelines make-tag-data`)")
+    examples = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            audio, reference = Path(row["audio"]), row.get("reference", row.get("tagged_text"))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise BadInput(f"{path.name}:{number}: expected {{\"audio\": ..., \"reference\": ...}}") from None
+        if not isinstance(reference, str):
+            raise BadInput(f"{path.name}:{number}: no reference text")
+        examples.append(TagExample(str(audio if audio.is_absolute() else path.parent / audio), reference))
+    if not examples:
+        raise BadInput(f"{path.name}: no rows")
+    if max_clips and max_clips < len(examples):
+        examples = random.Random(seed).sample(examples, max_clips)
+    return examples

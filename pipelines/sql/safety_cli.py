@@ -197,3 +197,7 @@ def register(subparsers) -> None:
                                          "(default: ../shared/spider or VOXQL_SPIDER_DIR when present)")
     parser.add_argument("--out", default="results/bench-sql.json", help="JSON report path")
     parser.set_defaults(func=cmd_bench_sql)
+
+    from pipelines.sql import attack_bench
+
+    attack_bench.register(subparsers)

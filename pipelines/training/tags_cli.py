@@ -68,7 +68,7 @@ def compare_tags(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from pipelines.speech.tag_eval import evaluate_tag_systems, markdown_table, provenance, seed_table_systems
-    from pipelines.training.tags_train import load_tag_examples
+    from pipelines.speech.tag_data import load_tag_examples
 
     rows = [{"audio": e.audio, "reference": e.reference}
             for e in load_tag_examples(args.data, args.limit, args.seed)]

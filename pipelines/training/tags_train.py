@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import random
 import shutil
 import threading
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.errors import BadInput
+from pipelines.speech.tag_data import TagExample, load_tag_examples
 from pipelines.training.sql_sft import (CHECKPOINTS, ProgressCallback, TrainProgress, TrainResult, format_duration,
                                         last_checkpoint, make_reporter, prepare_output, save_adapter, save_run)
 
@@ -96,35 +96,6 @@ def tag_config(method: str, data: str, output_dir: str, **overrides) -> TagTrain
 
 
 # -- data -----------------------------------------------------------------------------------------------------------
-@dataclass
-class TagExample:
-    audio: str  # absolute path
-    reference: str  # the tagged transcript the adapter should write
-
-
-def load_tag_examples(path: str | Path, max_clips: int | None = None, seed: int = 0) -> list[TagExample]:
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise BadInput(f"no such file: {path} (make one with `python -m pipelines make-tag-data`)")
-    examples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            audio, reference = Path(row["audio"]), row.get("reference", row.get("tagged_text"))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise BadInput(f"{path.name}:{number}: expected {{\"audio\": ..., \"reference\": ...}}") from None
-        if not isinstance(reference, str):
-            raise BadInput(f"{path.name}:{number}: no reference text")
-        examples.append(TagExample(str(audio if audio.is_absolute() else path.parent / audio), reference))
-    if not examples:
-        raise BadInput(f"{path.name}: no rows")
-    if max_clips and max_clips < len(examples):
-        examples = random.Random(seed).sample(examples, max_clips)
-    return examples
-
-
 def read_clip(path: str) -> np.ndarray:
     from pipelines.speech.audio import load_audio, validate
 
