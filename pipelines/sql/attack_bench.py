@@ -39,6 +39,7 @@ def run(seconds: float = 30.0) -> dict:
     with tempfile.TemporaryDirectory(prefix="voxql-attack-bench-") as scratch:
         base = Path(scratch)
         shop = redteam.build_fixture(base / "shop.duckdb")
+        dbs = {"shop": shop, "crafted": redteam.build_crafted_fixture(base / "crafted.duckdb")}
         secret, out = base / "secret.txt", base / "out"
         secret.write_text(redteam.SECRET_TEXT + "\n")
         out.mkdir()
@@ -48,16 +49,16 @@ def run(seconds: float = 30.0) -> dict:
         attacks = {"queries": 0, "ran": 0, "refused_or_bounded": 0, "ddl": 0, "guard_only": 0, "leaked": 0}
 
         def attacker() -> None:
-            corpus = [("query", c.sql, c.dialect) for c in redteam.ATTACKS + redteam.RUNAWAY] + \
-                     [("guard", c.sql, c.dialect) for c in redteam.GUARD_ONLY] + \
-                     [("ddl", ddl, "duckdb") for ddl in redteam.DDL_BOMBS]
+            corpus = [("query", c.sql, c.dialect, c.db) for c in redteam.ATTACKS + redteam.RUNAWAY] + \
+                     [("guard", c.sql, c.dialect, c.db) for c in redteam.GUARD_ONLY] + \
+                     [("ddl", ddl, "duckdb", "shop") for ddl in redteam.DDL_BOMBS]
             while not stop.is_set():
-                for kind, text, dialect in corpus:
+                for kind, text, dialect, db in corpus:
                     if stop.is_set():
                         return
                     text = redteam.fill(text, secret, out)
                     if kind == "query":
-                        result = run_guarded(shop, text, limits, dialect=dialect)
+                        result = run_guarded(dbs[db], text, limits, dialect=dialect)
                         attacks["queries"] += 1
                         attacks["ran"] += result.ok
                         attacks["refused_or_bounded"] += not result.ok or result.truncated
