@@ -30,8 +30,8 @@ from pipelines.speech.audio import max_seconds
 from pipelines.speech.session import ListenSession, LiveStatus
 from pipelines.speech.transport import MicRecording, TransportError, TransportStats
 from pipelines.speech.tags import CATEGORY, TAG_PATTERN, normalize_tag
-from pipelines.speech.transcribe import (SpeechEngine, Transcript, get_speech_engine, loaded_speech_engine,
-                                         tag_channel_note, transcribe_file)
+from pipelines.speech.transcribe import (SpeechEngine, Transcript, adapter_label, get_speech_engine,
+                                         loaded_speech_engine, tag_channel_note, transcribe_file)
 from pipelines.speech.whisper_asr import display_name
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,16 @@ def expected_tag_note(profile: Profile) -> str | None:
 def engine_markdown(profile: Profile, engine: SpeechEngine | None, error: str | None = None) -> str:
     """One line: which ASR model, tag adapter and device are live, and the tag channel's state."""
     if error:
-        return f"**ASR:** {display_name(profile.asr_model)} · not available: {html.escape(error)}"
+        return f"**ASR:** {adapter_label(display_name(profile.asr_model))} · not available: {html.escape(error)}"
     if engine is None:
-        adapter = profile.tag_adapter or "none"
-        line = (f"**ASR:** {display_name(profile.asr_model)} · **tag adapter:** {adapter} · profile `{profile.name}`"
+        adapter = adapter_label(profile.tag_adapter) or "none"
+        line = (f"**ASR:** {adapter_label(display_name(profile.asr_model))} · **tag adapter:** {adapter} · "
+                f"profile `{profile.name}`"
                 " · loads on first use")
         note = expected_tag_note(profile)
         return line + (f"  \n**Tag channel unavailable:** {html.escape(note)}" if note else "")
-    line = (f"**ASR:** {html.escape(engine.asr_model)} · **tag adapter:** {engine.tag_adapter or 'none'} · "
+    adapter = adapter_label(engine.tag_adapter) or "none"
+    line = (f"**ASR:** {html.escape(adapter_label(engine.asr_model))} · **tag adapter:** {adapter} · "
             f"**device:** {engine.device} · profile `{profile.name}`")
     if engine.memory:
         line += (f" · one base + LoRA in memory: {engine.memory['base_mb'] + engine.memory['adapter_mb']:.1f} MB "

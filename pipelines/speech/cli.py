@@ -110,7 +110,8 @@ def register(subparsers) -> None:
     evaluate.add_argument("--data", required=True, help='JSONL lines {"audio": path, "reference" (or "tagged_text")}')
     evaluate.add_argument("--out", help="per-utterance rows (JSONL; default runs/eval-tags-<time>.jsonl); with "
                                         "--sft/--raft the whole report (JSON)")
-    table = evaluate.add_argument_group("the seed's table: Base / SFT / RAFT raw / RAFT + top-k (Whisper tags adapters)")
+    table = evaluate.add_argument_group("the seed's table: Base / SFT / RAFT raw / RAFT + top-k "
+                                        "(Whisper tags adapters)")
     table.add_argument("--sft", help="SFT tags adapter folder")
     table.add_argument("--raft", help="RAFT tags adapter folder")
     table.add_argument("--limit", type=int, help="a seeded sample of N clips")

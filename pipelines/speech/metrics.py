@@ -96,9 +96,10 @@ OVER_EMIT_PENALTY = 0.1  # per tag occurrence beyond the reference's count
 
 
 def raft_reward(reference: str, hypothesis: str, variant: str = "seed") -> float:
-    """The seed's reward 0.4(1-WER) + 0.4 F1 + 0.2(1-hallucination), WER capped at 1; `over-emit` also subtracts 0.1 per tag
-    occurrence beyond the reference's count. The seed's card notes that without such an absolute term a sample
-    that over-emits (right tag plus extras) can still win its group, so curation keeps over-emitting."""
+    """The seed's reward 0.4(1-WER) + 0.4 F1 + 0.2(1-hallucination), WER capped at 1; `over-emit` also
+    subtracts 0.1 per tag occurrence beyond the reference's count. The seed's card notes that without such an
+    absolute term a sample that over-emits (right tag plus extras) can still win its group, so curation keeps
+    over-emitting."""
     if variant not in REWARDS:
         raise ValueError(f"unknown reward {variant!r}: use one of {', '.join(REWARDS)}")
     metrics = score(reference, hypothesis)

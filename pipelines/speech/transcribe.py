@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -35,6 +36,13 @@ TAGS_NEED_ADAPTER = (
     "no tag adapter is configured for Whisper: set VOXQL_TAG_ADAPTER to a Whisper tags LoRA (the cpu profile "
     "ships one, made by `python -m pipelines train-tags`); Whisper gives the words only, so no tags are shown"
 )
+
+
+def adapter_label(spec: str | None) -> str | None:
+    """An adapter as the user sees it: a Hub id as is, a local folder by its name (never a server path)."""
+    if spec and Path(spec).is_absolute():
+        return Path(spec).name
+    return spec
 
 
 @dataclass
@@ -91,7 +99,7 @@ class SpeechEngine:
         return self.backend.stream(tags=tags and self.has_tags)
 
     def describe(self) -> str:
-        adapter = self.tag_adapter or "none"
+        adapter = adapter_label(self.tag_adapter) or "none"
         return f"ASR {self.asr_model} · tag adapter {adapter} · device {self.device}"
 
 
@@ -204,7 +212,7 @@ def build_transcript(engine: SpeechEngine, asr: ChannelOutput, tag: ChannelOutpu
         dropped_tags=selection.out_of_taxonomy,
         tag_channel=channel_state,
         asr_model=engine.asr_model,
-        tag_adapter=engine.tag_adapter,
+        tag_adapter=adapter_label(engine.tag_adapter),
         device=engine.device,
         partial=partial,
     )

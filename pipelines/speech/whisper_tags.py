@@ -62,7 +62,8 @@ def load_whisper_with_adapter(adapter: str | Path | None, *, merge: bool, traina
 
         folder = Path(adapter).expanduser()
         if not (folder / "adapter_config.json").is_file():
-            raise ModelNotAvailable(f"tag adapter {folder.name!r} is not a PEFT adapter folder (no adapter_config.json)")
+            raise ModelNotAvailable(f"tag adapter {folder.name!r} is not a PEFT adapter folder "
+                                    "(no adapter_config.json)")
         model = PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
         if merge:
             model = model.merge_and_unload()
