@@ -129,12 +129,15 @@ def test_live_words_while_speaking_and_a_right_final_transcript(chromium, listen
 
 @pytest.mark.parametrize("people", [2, 4])
 def test_people_recording_at_once(chromium, listen_url, spoken, record_property, people):
-    """Each in a browser context of their own, one second apart: each loses nothing and gets a right transcript
+    """Each in a browser context of their own, one (four people: two) seconds apart: each loses nothing and gets a right transcript
     (they may lag behind real time: two cores share one recogniser)."""
     contexts = [chromium.new_context(permissions=["microphone"]) for _ in range(people)]
     pages = [open_listen_tab(context, listen_url) for context in contexts]
     live_words = people <= 2
-    recordings = record_together(pages, 1.0, spoken["seconds"] + 0.5,
+    # Four Chromiums share the server's two cores here: two seconds apart, one page's capture start-up does not
+    # wait behind the others' (seen: a capture that opened 1.4 s after Record, and missed the first words).
+    stagger_s = 1.0 if people <= 2 else 2.0
+    recordings = record_together(pages, stagger_s, spoken["seconds"] + 0.5,
                                  done_when=first_words(spoken["text"]) if live_words else None, extra_s=10.0)
     for index, recording in enumerate(recordings):
         check(recording, spoken, record_property, f"{people}_users_{index}", live_words=live_words)

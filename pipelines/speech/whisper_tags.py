@@ -42,10 +42,6 @@ class Hypothesis:
     logprobs: list[float] = field(default_factory=list)
     owners: list[int] = field(default_factory=list)  # for each character of `text`, the token that wrote it
 
-    @property
-    def mean_logprob(self) -> float:
-        return float(np.mean(self.logprobs)) if self.logprobs else 0.0
-
 
 def load_whisper_with_adapter(adapter: str | Path | None, *, merge: bool, trainable: bool = False):
     """(model, processor pieces) of the converted Whisper, with `adapter` on it (merged into the weights when
@@ -158,8 +154,8 @@ class WhisperTagChannel:
             if seed is not None:
                 torch.manual_seed(seed)
             # The encoder runs once per clip; its output is repeated for the n samples. (Whisper's own generate
-            # repeats the audio and encodes every copy: four times the cost for RAFT's four samples.) The plain
-            # GenerationMixin applies the generation config's token suppression just the same.
+            # repeats the audio and encodes every copy: four times the cost for RAFT's four samples.) Suppression
+            # is SuppressTokens, in place of the config's.
             encoded = self.model.get_encoder()(features).last_hidden_state.repeat_interleave(n, dim=0)
             prompt = torch.tensor([[ENGLISH_SPECIAL_IDS["start"], ENGLISH_SPECIAL_IDS["no_timestamps"]]]
                                   * encoded.shape[0])
@@ -169,10 +165,10 @@ class WhisperTagChannel:
                 suppress_tokens=None, begin_suppress_tokens=None, logits_processor=[self.suppress], **options)
             # Log-probabilities of the chosen tokens under the distribution they were drawn from.
             scores = self.model.compute_transition_scores(output.sequences, output.scores, normalize_logits=True)
-        prompt = output.sequences.shape[1] - scores.shape[1]
+        prompt_length = output.sequences.shape[1] - scores.shape[1]
         hypotheses = []
         for row, sequence in enumerate(output.sequences.tolist()):
-            generated = sequence[prompt:]
+            generated = sequence[prompt_length:]
             text, owners = decode_with_owners(self.tokenizer, generated)
             hypotheses.append(Hypothesis(text, [float(v) for v in scores[row].tolist()], owners))
         return [hypotheses[i * n:(i + 1) * n] for i in range(len(clips))]
