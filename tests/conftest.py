@@ -160,3 +160,19 @@ def tag_clips(tmp_path_factory):
     data = folder / "train.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return data
+
+
+# -- browser suites: a module defines `app_url`; these give it a Chromium page and a screenshot folder ---------------
+@pytest.fixture(scope="module")
+def page(app_url):
+    from tests.listen_browser import app_page
+
+    with app_page(app_url) as tab:
+        yield tab
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    from tests.listen_browser import screenshot_folder
+
+    return screenshot_folder(tmp_path_factory)

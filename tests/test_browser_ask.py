@@ -3,11 +3,10 @@ table, switch database and see the answer go. Screenshots go to $VOXQL_SCREENSHO
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
-from tests.listen_browser import app_page, chromium_missing, screenshot_folder
+from tests.listen_browser import chromium_missing
 
 reason = chromium_missing()
 pytestmark = pytest.mark.skipif(reason is not None, reason=reason or "")
@@ -23,17 +22,6 @@ def app_url(tiny_llama_dir, taught_adapter_dir):
     _, url, _ = demo.queue().launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     yield url
     demo.close()
-
-
-@pytest.fixture(scope="module")
-def page(app_url):
-    with app_page(app_url) as tab:
-        yield tab
-
-
-@pytest.fixture(scope="module")
-def screenshots(tmp_path_factory) -> Path:
-    return screenshot_folder(tmp_path_factory)
 
 
 def pick_database(page, name: str) -> None:

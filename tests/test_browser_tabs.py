@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TAUGHT_QUESTION
-from tests.listen_browser import app_page, chromium_missing, screenshot_folder
+from tests.listen_browser import chromium_missing
 
 reason = chromium_missing()
 pytestmark = pytest.mark.skipif(reason is not None, reason=reason or "")
@@ -37,17 +37,6 @@ def app_url(tiny_llama_dir, taught_adapter_dir):
     _, url, _ = demo.queue().launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, theme=app.THEME)
     yield url
     demo.close()
-
-
-@pytest.fixture(scope="module")
-def page(app_url):
-    with app_page(app_url) as tab:
-        yield tab
-
-
-@pytest.fixture(scope="module")
-def screenshots(tmp_path_factory) -> Path:
-    return screenshot_folder(tmp_path_factory)
 
 
 def open_tab(page, name: str) -> None:

@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import threading
+from contextlib import contextmanager
 import time
 import uuid
 
@@ -330,11 +331,8 @@ def execute(db_path: str, sql: str, limits: dict, database: "Database | None" = 
     """
     started = time.perf_counter()
     result = {"columns": [], "rows": [], "row_count": 0, "truncated": False, "error": None}
-    own = None
     try:
-        if database is None:
-            own = database = Database(connect(db_path, limits))
-        with _watched(database.con.cursor(), float(limits["timeout_s"])) as (con, timed_out):
+        with _session(db_path, limits, database) as (database, con, timed_out):
             try:
                 statement = check_statement(con, sql, database.policy)
                 cursor = con.execute(statement)
@@ -350,13 +348,24 @@ def execute(db_path: str, sql: str, limits: dict, database: "Database | None" = 
                 result["error"] = classify(error, timed_out.is_set(), limits)
     except BaseException as error:  # noqa: BLE001 - opening the database failed
         result["error"] = classify(error, False, limits)
-    finally:
-        if own is not None:
-            own.close()
     if result["error"]:
         result["rows"], result["columns"], result["row_count"], result["truncated"] = [], [], 0, False
     result["elapsed_ms"] = (time.perf_counter() - started) * 1000
     return result
+
+
+@contextmanager
+def _session(db_path: str, limits: dict, database: "Database | None"):
+    """(database, connection, timed_out): a watched connection to `database`, or to `db_path` opened for this
+    call alone (and closed after it) when no open database is given."""
+    own = Database(connect(db_path, limits)) if database is None else None
+    try:
+        database = database or own
+        with _watched(database.con.cursor(), float(limits["timeout_s"])) as (con, timed_out):
+            yield database, con, timed_out
+    finally:
+        if own is not None:
+            own.close()
 
 
 class _watched:
@@ -641,11 +650,8 @@ def introspect(con: duckdb.DuckDBPyConnection, policy: Policy | None = None) -> 
 
 def read_schema(db_path: str, limits: dict, database: Database | None = None) -> dict:
     """`introspect` under the sandbox settings and the timeout; {"schema": ..., "error": None} or an error."""
-    own = None
     try:
-        if database is None:
-            own = database = Database(connect(db_path, limits))
-        with _watched(database.con.cursor(), float(limits["timeout_s"])) as (con, timed_out):
+        with _session(db_path, limits, database) as (database, con, timed_out):
             try:
                 return {"schema": introspect(con, database.policy), "error": None}
             except Refusal as refusal:
@@ -654,9 +660,6 @@ def read_schema(db_path: str, limits: dict, database: Database | None = None) ->
                 return {"schema": None, "error": classify(error, timed_out.is_set(), limits)}
     except BaseException as error:  # noqa: BLE001 - the file does not open in the sandbox
         return {"schema": None, "error": classify(error, False, limits)}
-    finally:
-        if own is not None:
-            own.close()
 
 
 # -- the worker process ----------------------------------------------------------------------------------------
