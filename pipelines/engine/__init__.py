@@ -87,6 +87,12 @@ def load_error(model: str, adapter: str | None = None, *, engine: str | None = N
 def _transformers(model: str, adapter: str | None, url: str | None) -> Engine:
     if url:
         raise BadInput("the transformers engine runs in this process; a URL needs --engine openai or vllm")
+    from pipelines.speech.ultravox import is_ultravox
+
+    if is_ultravox(model):  # a speech-in LLM: the same engine, with audio in the prompt
+        from pipelines.engine.ultravox_engine import UltravoxEngine
+
+        return UltravoxEngine(model, adapter)
     from pipelines.engine.transformers_engine import TransformersEngine
 
     return TransformersEngine(model, adapter)
