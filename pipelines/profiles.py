@@ -25,6 +25,9 @@ CPU_SQL_ADAPTER_DIR = ASSETS_DIR / "adapters" / "smollm2-135m-sql-duckdb-lora"
 # The project's own tags LoRA for Whisper tiny.en (SFT + RAFT on the synthetic corpus of `make-tag-data`),
 # trained by `python -m pipelines train-tags`; used the same way.
 CPU_TAG_ADAPTER_DIR = ASSETS_DIR / "adapters" / "whisper-tiny-en-tags-lora"
+# The project's own small Ultravox (Whisper tiny.en encoder -> a trained projector -> SmolLM2, which the SQL
+# adapter runs on): its projector, trained by `python -m pipelines train-projector`.
+CPU_ULTRAVOX_DIR = ASSETS_DIR / "ultravox" / "voxql-ultravox-whisper-tiny-smollm2"
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,9 @@ class Profile:
     # The SQL dialect the SQL adapter writes (None: what the adapter says, see `adapter_dialect`). SQLite SQL is
     # parsed as SQLite (so `"France"` is a string, as SQLite reads it) and runs as the guard's DuckDB rendering.
     sql_dialect: str | None = None
+    # A speech-in LLM (Ultravox) whose language model is `sql_model`: spoken questions straight to SQL, with the
+    # same SQL adapter. None: spoken questions go through the transcript only.
+    speech_sql_model: str | None = None
 
 
 def _shipped(folder: Path) -> str | None:
@@ -57,6 +63,7 @@ def builtin_profiles() -> dict[str, Profile]:
             sql_adapter="pyloxsystems/sql-spider-llama-3.1-8b-lora",
             asr_model="mistralai/Voxtral-Mini-4B-Realtime-2602",
             tag_adapter="YongkangZOU/evoxtral-realtime-rl",
+            speech_sql_model="fixie-ai/ultravox-v0_4",
         ),
         "cpu": Profile(
             name="cpu",
@@ -64,6 +71,7 @@ def builtin_profiles() -> dict[str, Profile]:
             sql_adapter=_shipped(CPU_SQL_ADAPTER_DIR),
             asr_model="embedded:whisper-tiny.en",
             tag_adapter=_shipped(CPU_TAG_ADAPTER_DIR),
+            speech_sql_model=str(CPU_ULTRAVOX_DIR) if (CPU_ULTRAVOX_DIR / "model.safetensors").exists() else None,
         ),
     }
 
@@ -75,6 +83,7 @@ ENV_OVERRIDES = {
     "asr_model": "VOXQL_ASR_MODEL",
     "tag_adapter": "VOXQL_TAG_ADAPTER",
     "sql_dialect": "VOXQL_SQL_DIALECT",
+    "speech_sql_model": "VOXQL_SPEECH_SQL_MODEL",
 }
 
 

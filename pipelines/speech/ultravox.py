@@ -61,10 +61,27 @@ class UltravoxConfig:
         (folder / CONFIG_FILE).write_text(json.dumps(data, indent=2) + "\n")
 
 
+def checkpoint_folder(spec: str | Path) -> Path:
+    """A local Ultravox folder, or a Hub id's snapshot (downloaded where the Hub can be reached)."""
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        return folder
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(spec), allow_patterns=[CONFIG_FILE, WEIGHTS_FILE]))
+    except Exception:  # offline, unknown id, no token: all mean the same to the user
+        raise ModelNotAvailable(f"the Ultravox checkpoint {spec!r} is not available here (no such folder, and the "
+                                "Hugging Face Hub cannot be reached)") from None
+
+
 def is_ultravox(spec: str) -> bool:
-    """Whether a model spec names an Ultravox checkpoint (a folder whose config says so)."""
+    """Whether a model spec names an Ultravox checkpoint: a folder whose config says so, or a Hub id of one
+    (`fixie-ai/ultravox-v0_4`), which is loaded only where the Hub can be reached."""
     config = Path(spec).expanduser() / CONFIG_FILE
-    return config.is_file() and json.loads(config.read_text()).get("model_type") == "ultravox"
+    if config.is_file():
+        return json.loads(config.read_text()).get("model_type") == "ultravox"
+    return not Path(spec).expanduser().exists() and "/ultravox" in spec.lower()
 
 
 class UltravoxProjector(torch.nn.Module):
@@ -115,7 +132,7 @@ class UltravoxAudio:
                  dtype=None, projector_weights: bool = True):
         from transformers import WhisperFeatureExtractor, WhisperModel
 
-        self.folder = Path(folder).expanduser()
+        self.folder = checkpoint_folder(folder)
         self.config = UltravoxConfig.read(self.folder)
         audio_path = base_model_path(self.config.audio_model_id, model_paths)
         self.language_model = base_model_path(self.config.text_model_id, model_paths, text=True)

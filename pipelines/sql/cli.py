@@ -46,11 +46,26 @@ def cmd_sql(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="voxql-cli-") as workdir:
         # --schema is the UI's pasted-schema mode: the SQL is generated and checked, never run.
         database = database_from_args(None, args.schema) if args.schema else open_database(args.db, Path(workdir))
-        engine = sql_engine_from_args(args)
-        answer = ask(args.question, database, engine, max_retries=args.max_retries,
-                     dialect=profile_from_args(args).sql_dialect, constrain=not args.no_constrain)
+        options = dict(max_retries=args.max_retries, dialect=profile_from_args(args).sql_dialect,
+                       constrain=not args.no_constrain)
+        if args.audio:
+            answer = _ask_spoken(args, database, options)
+        else:
+            answer = ask(args.question, database, sql_engine_from_args(args), **options)
     print(json.dumps(answer.to_dict(), default=json_default))
     return 0 if answer.ok and (answer.executed or not database.can_execute) else 1
+
+
+def _ask_spoken(args: argparse.Namespace, database, options: dict):
+    from pipelines.speech.audio import load_audio
+    from pipelines.sql.spoken import ask_cascade, ask_end_to_end, speech_sql_engine
+
+    audio = load_audio(args.audio)
+    profile = profile_from_args(args)
+    if args.voice == "cascade":
+        return ask_cascade(audio, database, sql_engine_from_args(args), profile, **options)
+    engine = speech_sql_engine(profile, engine=args.engine, url=args.engine_url)
+    return ask_end_to_end(audio, database, engine, **options)
 
 
 def cmd_build_demo_dbs(args: argparse.Namespace) -> int:
@@ -67,7 +82,12 @@ def register(subparsers) -> None:
     target.add_argument("--db", help="DuckDB, SQLite, CSV or Parquet file")
     target.add_argument("--schema", metavar="FILE.sql", help="CREATE TABLE statements only (the UI's pasted-schema "
                                                              "mode): the SQL is generated and checked, not run")
-    parser.add_argument("--question", required=True)
+    question = parser.add_mutually_exclusive_group(required=True)
+    question.add_argument("--question")
+    question.add_argument("--audio", metavar="FILE", help="a spoken question (WAV, FLAC, ...; at most 30 s)")
+    parser.add_argument("--voice", choices=["cascade", "end-to-end"], default="end-to-end",
+                        help="a spoken question through the transcript, or straight into the speech-in model "
+                             "(Ultravox; default)")
     parser.add_argument("--max-retries", type=int, default=2, help="self-corrections after an error (default 2)")
     parser.add_argument("--no-constrain", action="store_true",
                         help="decode freely instead of following the schema-scoped SQL grammar")

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from pipelines.engine import DEFAULT_ADAPTER, Engine, SamplingParams
+from pipelines.errors import BadInput
 from pipelines.profiles import recorded_dialect
 from pipelines.sql.databases import Database
 from pipelines.sql.extract import extract_sql
@@ -69,6 +70,7 @@ class Answer:
     attempts: list[Attempt] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)
     constrained: str = "off"  # "on", "off", or why it could not be on
+    spoken: dict | None = None  # a spoken question: {"voice", "transcript", "audio_s", "transcription_ms"}
 
     @property
     def ok(self) -> bool:
@@ -93,10 +95,20 @@ class Progress:
 
 
 def question_messages(question: str, database: Database, *, dialect: str | None = None,
-                      value_hints: bool = True) -> list:
-    """The prompt for `question`: the schema (with value hints) and the dialect the model writes."""
-    schema_text = schema_with_values(database, question) if value_hints else database.schema.to_ddl()
-    return build_messages(question, schema_text, dialect or database.dialect)
+                      value_hints: bool = True, audio=None) -> list:
+    """The prompt for `question`: the schema (with value hints) and the dialect the model writes.
+
+    With `audio` (16 kHz samples, for a speech-in engine) the user's turn is the audio itself, `<|audio|>` where
+    the words would be, and the value hints are only those that need no question text (as `train-projector`
+    trained on)."""
+    if audio is None:
+        schema_text = schema_with_values(database, question) if value_hints else database.schema.to_ddl()
+        return build_messages(question, schema_text, dialect or database.dialect)
+    from pipelines.speech.ultravox import AUDIO_MARKER
+
+    schema_text = schema_with_values(database, "") if value_hints else database.schema.to_ddl()
+    system, user = build_messages(AUDIO_MARKER, schema_text, dialect or database.dialect)
+    return [system, {**user, "audio": audio}]
 
 
 def ask_stream(
@@ -110,6 +122,7 @@ def ask_stream(
     constrain: bool = True,
     value_hints: bool = True,
     dialect: str | None = None,
+    audio=None,
 ) -> Iterator[Progress | Answer]:
     """Yield Progress while working and the Answer last.
 
@@ -117,8 +130,12 @@ def ask_stream(
     `dialect` is the SQL dialect the model writes (default: the one its adapter recorded, see
     `pipelines.profiles.recorded_dialect`, else the database's own). Spider-trained adapters write SQLite: their
     SQL is parsed as SQLite and runs as the guard's DuckDB rendering of it.
+    `audio` (16 kHz samples) asks a spoken question end to end, on an engine with `audio_input` (Ultravox);
+    `question` is then only the Answer's label.
     """
     started = time.perf_counter()
+    if audio is not None and not engine.capabilities.audio_input:
+        raise BadInput(f"{engine.info.model} takes text only: a spoken question needs a speech-in model (Ultravox)")
     adapter = engine.resolve_adapter(adapter)
     answer = Answer(question=question, database=database.name, model=engine.info.model,
                     adapter=engine.info.adapters.get(adapter) if adapter else None)
@@ -128,7 +145,7 @@ def ask_stream(
     elif constrain:
         params = dataclasses.replace(params, grammar=sql_grammar(database.schema))
         answer.constrained = "on"
-    messages = question_messages(question, database, dialect=dialect, value_hints=value_hints)
+    messages = question_messages(question, database, dialect=dialect, value_hints=value_hints, audio=audio)
     generated_tokens, decode_s = 0, 0.0
     for attempt_number in range(1, max_retries + 2):
         attempt_params, decoding = params, "greedy"

@@ -1,0 +1,154 @@
+"""Spoken questions: the corpus command, projector training on the embedded models, and `sql --audio` both ways."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from pipelines.__main__ import main
+from pipelines.errors import BadInput
+from tests.conftest import SPIDER_DIR
+
+needs_tools = pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("sox") is None,
+                                 reason="espeak-ng and sox are not installed")
+needs_spider = pytest.mark.skipif(not (SPIDER_DIR / "train_spider.json").is_file(), reason="Spider is not here")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from pipelines.speech.spoken_questions import generate
+
+    out = tmp_path_factory.mktemp("spoken")
+    generate(out, SPIDER_DIR, seed=3, counts={"train": 4, "dev": 1, "test": 2}, use_piper=False)
+    return out
+
+
+@needs_tools
+@needs_spider
+def test_corpus_says_spider_and_demo_questions_with_held_out_voices(corpus):
+    from pipelines.speech.spoken_questions import load_spoken_questions
+    from pipelines.speech.tag_data import VOICES
+    from pipelines.sql.examples import load_examples
+
+    import soundfile as sf
+
+    splits = {split: load_spoken_questions(corpus / f"{split}.jsonl") for split in ("train", "dev", "test", "demo")}
+    assert [len(splits[s]) for s in ("train", "dev", "test")] == [4, 1, 2]
+    demo_questions = {e.question for items in load_examples().values() for e in items}
+    assert {row["question"] for row in splits["demo"]} == demo_questions
+    assert len(splits["demo"]) == len(demo_questions) * len(VOICES["test"])  # every question, every test voice
+    train_voices = {row["voice"] for row in splits["train"]}
+    held_out = {row["voice"] for s in ("test", "demo") for row in splits[s]}
+    assert held_out <= {v.name for v in VOICES["test"]} and not train_voices & held_out
+    for row in splits["train"] + splits["demo"][:3]:
+        audio, rate = sf.read(row["audio"])
+        assert rate == 16000 and abs(len(audio) / rate - row["duration_s"]) < 0.01 and np.abs(audio).max() > 0.01
+    assert splits["train"][0]["gold_dialect"] == "sqlite" and splits["demo"][0]["gold_dialect"] == "duckdb"
+
+
+@needs_tools
+@needs_spider
+def test_train_projector_distils_and_writes_an_ultravox_the_engine_answers_with(corpus, tmp_path):
+    from pipelines.engine import SamplingParams
+    from pipelines.engine.ultravox_engine import UltravoxEngine
+    from pipelines.profiles import CPU_SQL_ADAPTER_DIR
+    from pipelines.speech.audio import load_audio
+    from pipelines.speech.ultravox import read_projector
+    from pipelines.sql.databases import DuckDBDatabase
+    from pipelines.sql.demo_data import ensure_demo_databases
+    from pipelines.sql.spoken import ask_end_to_end
+    from pipelines.training.projector_train import ProjectorTrainConfig, train_projector
+
+    events = []
+    config = ProjectorTrainConfig(data=str(corpus / "train.jsonl"), output_dir=str(tmp_path / "uv"), ctc_steps=2,
+                                  kd_steps=2, batch_size=2, warmup_steps=1, save_steps=1)
+    record = train_projector(config, events.append)
+    assert record["status"] == "completed" and [h["phase"] for h in record["history"]] == ["ctc"] * 2 + ["kd"] * 2
+    assert all(np.isfinite(h["loss"]) and h["loss"] >= 0 for h in record["history"])
+    assert any(e.stage == "train" and "KD step" in e.message for e in events)
+    assert set(read_projector(tmp_path / "uv")) == {"ln_pre.weight", "linear_1.weight", "linear_2.weight",
+                                                   "ln_post.weight"}
+
+    engine = UltravoxEngine(str(tmp_path / "uv"), str(CPU_SQL_ADAPTER_DIR))
+    demos = ensure_demo_databases()
+    row = json.loads((corpus / "demo.jsonl").read_text().splitlines()[0])
+    database = DuckDBDatabase(demos[row["db_id"]].path, name=row["db_id"])
+    answer = ask_end_to_end(load_audio(corpus / row["audio"]), database, engine, max_retries=0,
+                            params=SamplingParams(max_new_tokens=24))
+    assert answer.spoken["voice"] == "end-to-end" and answer.question.startswith("(spoken")
+    assert len(answer.attempts) == 1 and answer.attempts[0].reply  # it generated, and the reply was checked
+
+
+@pytest.fixture(scope="module")
+def tiny_ultravox(tmp_path_factory, tiny_llama_dir):
+    """A random projector whose config names a tiny random Whisper and the tiny Llama by folder."""
+    import torch
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    from pipelines.speech.ultravox import UltravoxConfig, UltravoxProjector, save_ultravox
+
+    torch.manual_seed(0)
+    whisper = tmp_path_factory.mktemp("whisper")
+    WhisperModel(WhisperConfig(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                               decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                               vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                               decoder_start_token_id=1)).save_pretrained(whisper)
+    WhisperFeatureExtractor().save_pretrained(whisper)
+    config = UltravoxConfig(audio_model_id=str(whisper), text_model_id=str(tiny_llama_dir), hidden_size=64)
+    return save_ultravox(tmp_path_factory.mktemp("ultravox"), config, UltravoxProjector(config, 16, 32))
+
+
+def _wav(path, seconds=1.5):
+    import soundfile as sf
+
+    t = np.arange(int(seconds * 16000)) / 16000
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    return path
+
+
+def test_sql_audio_end_to_end_through_the_speech_in_model(tiny_ultravox, tiny_llama_dir, shop_db, tmp_path,
+                                                          monkeypatch, capsys):
+    monkeypatch.setenv("VOXQL_SPEECH_SQL_MODEL", str(tiny_ultravox))
+    code = main(["sql", "--db", str(shop_db), "--audio", str(_wav(tmp_path / "q.wav")), "--voice", "end-to-end",
+                 "--model", str(tiny_llama_dir), "--adapter", "none", "--max-retries", "0"])
+    answer = json.loads(capsys.readouterr().out)
+    assert code == (0 if answer["executed"] else 1)
+    assert answer["spoken"] == {"voice": "end-to-end", "transcript": None, "audio_s": 1.5, "transcription_ms": None}
+    assert answer["model"].startswith("Ultravox") and answer["question"] == "(spoken, 1.5 s)"
+    assert len(answer["attempts"]) == 1
+
+
+def test_a_text_only_model_refuses_a_spoken_question(tiny_llama_dir, shop_db):
+    from pipelines.engine import get_engine
+    from pipelines.sql.databases import DuckDBDatabase
+    from pipelines.sql.pipeline import ask
+
+    with pytest.raises(BadInput, match="takes text only"):
+        ask("(spoken)", DuckDBDatabase(shop_db), get_engine(str(tiny_llama_dir)), audio=np.zeros(16000, np.float32))
+
+
+def test_no_speech_in_model_says_how_to_get_one():
+    from pipelines.errors import ModelNotAvailable
+    from pipelines.profiles import resolve_profile
+    from pipelines.sql.spoken import speech_sql_engine
+
+    with pytest.raises(ModelNotAvailable, match="train-projector"):
+        speech_sql_engine(dataclasses.replace(resolve_profile("cpu"), speech_sql_model=None))
+
+
+@needs_tools
+def test_sql_audio_cascade_transcribes_then_asks(tiny_llama_dir, shop_db, tmp_path, capsys):
+    import subprocess
+
+    wav = tmp_path / "spoken.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), "How many customers are there?"],
+                   check=True)
+    main(["sql", "--db", str(shop_db), "--audio", str(wav), "--voice", "cascade", "--profile", "cpu",
+          "--model", str(tiny_llama_dir), "--adapter", "none", "--max-retries", "0"])
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["spoken"]["voice"] == "cascade" and "customers" in answer["spoken"]["transcript"].lower()
+    assert answer["question"] == answer["spoken"]["transcript"]
