@@ -115,7 +115,7 @@ def load_examples(config: ProjectorTrainConfig) -> tuple[list[SpokenExample], di
     if not examples:
         raise BadInput(f"no usable spoken questions in {config.data}")
     summary = {"source": config.data, "clips": len(rows), "examples": len(examples), "skipped": skipped,
-               "databases": len(schema_texts), "seconds": None}
+               "databases": len(schema_texts)}
     return examples, schema_texts, summary
 
 
