@@ -77,6 +77,8 @@ def cmd_build_demo_dbs(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
+    from pipelines.sql.spoken import VOICE_PATHS
+
     parser = subparsers.add_parser("sql", help="answer a question about a database with generated SQL")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--db", help="DuckDB, SQLite, CSV or Parquet file")
@@ -85,7 +87,7 @@ def register(subparsers) -> None:
     question = parser.add_mutually_exclusive_group(required=True)
     question.add_argument("--question")
     question.add_argument("--audio", metavar="FILE", help="a spoken question (WAV, FLAC, ...; at most 30 s)")
-    parser.add_argument("--voice", choices=["cascade", "end-to-end"], default="end-to-end",
+    parser.add_argument("--voice", choices=VOICE_PATHS, default="end-to-end",
                         help="a spoken question through the transcript, or straight into the speech-in model "
                              "(Ultravox; default)")
     parser.add_argument("--max-retries", type=int, default=2, help="self-corrections after an error (default 2)")

@@ -4,8 +4,6 @@ other, with `spoken` saying which way and, for the cascade, what was heard."""
 
 from __future__ import annotations
 
-import time
-
 from pipelines.errors import ModelNotAvailable
 from pipelines.profiles import Profile
 from pipelines.speech.audio import Audio, validate
@@ -22,7 +20,6 @@ def spoken_label(audio: Audio) -> str:
 def ask_cascade(audio: Audio, database: Database, engine, profile: Profile, **ask_kwargs) -> Answer:
     from pipelines.speech.transcribe import get_speech_engine, transcribe_audio
 
-    validate(audio)
     transcript = transcribe_audio(audio, get_speech_engine(profile), tags=False)
     answer = ask(transcript.text, database, engine, **ask_kwargs)
     answer.spoken = {"voice": "cascade", "transcript": transcript.text, "audio_s": round(audio.seconds, 3),
@@ -33,11 +30,9 @@ def ask_cascade(audio: Audio, database: Database, engine, profile: Profile, **as
 
 def ask_end_to_end(audio: Audio, database: Database, speech_engine, **ask_kwargs) -> Answer:
     validate(audio)
-    started = time.perf_counter()
     answer = ask(spoken_label(audio), database, speech_engine, audio=audio.samples, **ask_kwargs)
     answer.spoken = {"voice": "end-to-end", "transcript": None, "audio_s": round(audio.seconds, 3),
                      "transcription_ms": None}
-    answer.timings.total_ms = (time.perf_counter() - started) * 1000
     return answer
 
 

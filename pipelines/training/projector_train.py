@@ -337,14 +337,15 @@ def train_projector(config: ProjectorTrainConfig, progress: ProgressCallback | N
         torch.nn.utils.clip_grad_norm_(distiller.audio.projector.parameters(), 1.0)
         optimizer.step()
         step += 1
-        history.append({"step": step, "phase": phase, "loss": round(float(loss), 5),
+        loss = loss.item()
+        history.append({"step": step, "phase": phase, "loss": round(loss, 5),
                         "learning_rate": optimizer.param_groups[0]["lr"]})
         rate = (step - first_step) / (time.perf_counter() - clock)
         eta = (config.max_steps - step) / rate
-        report(TrainProgress("train", f"{phase.upper()} step {step}/{config.max_steps}: loss {float(loss):.4f}, "
+        report(TrainProgress("train", f"{phase.upper()} step {step}/{config.max_steps}: loss {loss:.4f}, "
                              f"{rate * config.batch_size:.1f} clips/s, eta {format_duration(eta)}",
                              step=step, max_steps=config.max_steps, fraction=step / config.max_steps,
-                             loss=float(loss), learning_rate=optimizer.param_groups[0]["lr"],
+                             loss=loss, learning_rate=optimizer.param_groups[0]["lr"],
                              elapsed_s=time.perf_counter() - started, eta_s=eta))
         if step % config.save_steps == 0:
             save_checkpoint()
@@ -367,11 +368,18 @@ def cmd_train_projector(args) -> int:
     import shlex
     import sys
 
+    from pipelines.training.cli import _install_cancel_handlers, _restore_handlers
+
     fields = {f.name for f in dataclasses.fields(ProjectorTrainConfig)}
     config = ProjectorTrainConfig(**{name: value for name, value in vars(args).items()
                                      if name in fields and value is not None})
-    record = train_projector(config, lambda event: print(event.message, file=sys.stderr),
-                             command="python -m pipelines " + shlex.join(sys.argv[1:]))
+    cancel = threading.Event()
+    previous = _install_cancel_handlers(cancel)  # Ctrl-C stops after the step and keeps the checkpoint
+    try:
+        record = train_projector(config, lambda event: print(event.message, file=sys.stderr), cancel,
+                                 command="python -m pipelines " + shlex.join(sys.argv[1:]))
+    finally:
+        _restore_handlers(previous)
     print(json.dumps({key: record[key] for key in ("status", "steps", "max_steps", "wall_time_s")}
                      | {"output_dir": config.output_dir}))
     return 0 if record["status"] == "completed" else 1
