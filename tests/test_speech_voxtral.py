@@ -131,8 +131,9 @@ def test_memory_one_base_with_adapter(engine):
 
 
 def test_sampling_many_candidates_drops_the_tensor_pitfall(engine):
-    samples = engine.sample(noise(0.5), 3, temperature=0.7, top_p=0.9)
-    assert len(samples) == 3 and all(isinstance(s, str) for s in samples)
+    samples = engine.sample(noise(0.5), 3, temperature=0.7, top_p=0.9, seed=1)
+    assert len(samples) == 3 and all(isinstance(s.text, str) and s.token_ids for s in samples)
+    assert engine.sample(noise(0.5), 3, temperature=0.7, top_p=0.9, seed=1) == samples  # seeded: repeatable
 
 
 # -- streaming ----------------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import threading
 
+import numpy as np
 import pytest
+import torch
 
 from pipelines.speech.metrics import raft_reward
 
@@ -66,6 +68,62 @@ def test_raft_needs_an_sft_adapter(tag_clips, tmp_path):
 
     with pytest.raises(BadInput, match="--from"):
         tag_config("raft", str(tag_clips), str(tmp_path / "x"))
+
+
+def test_raft_on_voxtral_samples_its_streams_and_continues_its_adapter(tag_clips, tmp_path_factory, capsys):
+    """The gpu profile's recipe (Voxtral Realtime + an evoxtral-style tag LoRA), run by the CLI on the tiny random
+    Voxtral and its tiny tag LoRA: the kept candidates are the sampled token streams, the LoRA moves, the result
+    loads into the Listen tab's engine."""
+    from safetensors.torch import load_file
+
+    from pipelines.__main__ import main
+    from pipelines.speech.testing import tiny_voxtral_with_adapter
+    from pipelines.speech.voxtral import VoxtralEngine
+
+    model, init = tiny_voxtral_with_adapter(tmp_path_factory.getbasetemp() / "speech-models")
+    out = tmp_path_factory.mktemp("voxtral-raft") / "raft"
+    assert main(["train-tags", "--method", "raft", "--base-model", str(model), "--from", str(init),
+                 "--data", str(tag_clips), "--output", str(out), "--samples", "2", "--batch-size", "4",
+                 "--max-clips", "4", "--epochs", "2"]) == 0  # 2 steps: the first is the warm-up's, at rate 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status"] == "completed" and summary["steps"] == 2  # 4 kept clips, 4 per step
+    raft = json.loads((out / "raft.json").read_text())
+    assert raft["clips"] == 4 and raft["reward_all"]["n"] == 8 and raft["kept"] == 4
+    info = json.loads((out / "training.json").read_text())
+    assert info["config"]["base_model"] == str(model) and info["data"]["trained_on"] == 4
+    before, after = load_file(init / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    card = (out / "README.md").read_text()
+    assert f"base_model: {model}" in card and "tags: [voxtral" in card and "RAFT: 2 samples per clip" in card
+    engine = VoxtralEngine(str(model), str(out), device="cpu")
+    assert len(engine.sample(np.zeros(16_000, dtype=np.float32), 2, seed=0)) == 2
+
+
+def test_voxtral_raft_trains_on_the_sampled_stream_token_for_token(tag_clips, tmp_path_factory):
+    from pipelines.speech.tag_data import load_tag_examples
+    from pipelines.speech.testing import tiny_voxtral_with_adapter
+    from pipelines.training.tags_train import raft_curate, tag_config
+    from pipelines.training.tags_voxtral import voxtral_model_and_collator
+
+    model, init = tiny_voxtral_with_adapter(tmp_path_factory.getbasetemp() / "speech-models")
+    config = tag_config("raft", str(tag_clips), str(tmp_path_factory.mktemp("unused")), base_model=str(model),
+                        init_adapter=str(init), samples=2, drop_fraction=0.5)
+    rows, summary = raft_curate(config, load_tag_examples(tag_clips, 2), lambda event: None, None, 0.0)
+    assert summary["kept"] == 1 and len(rows) == 1 and rows[0]["token_ids"]
+    peft_model, collate = voxtral_model_and_collator(config)
+    batch = collate(rows)
+    labels = batch["labels"][0].tolist()
+    prompt = labels.count(-100)
+    assert labels[prompt:] == rows[0]["token_ids"] and batch["input_ids"][0, prompt:].tolist() == labels[prompt:]
+    assert torch.isfinite(peft_model(**batch).loss)
+
+
+def test_sft_on_voxtral_is_refused_with_the_reason(tag_clips, tmp_path):
+    from pipelines.errors import BadInput
+    from pipelines.training.tags_train import tag_config
+
+    with pytest.raises(BadInput, match="time-aligned"):
+        tag_config("sft", str(tag_clips), str(tmp_path / "x"), base_model="mistralai/Voxtral-Mini-4B-Realtime-2602")
 
 
 def test_cancel_keeps_a_checkpoint_and_resume_finishes(tag_clips, tmp_path):

@@ -39,6 +39,12 @@ BASE_ROW = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 
 @dataclass(frozen=True)
+class VoxtralSample:
+    text: str  # what the tokens say, special tokens left out
+    token_ids: list[int]  # the stream as generated, one token per 80 ms of audio ([STREAMING_PAD] between words)
+
+
+@dataclass(frozen=True)
 class VoxtralInfo:
     model: str
     adapter: str | None
@@ -179,7 +185,7 @@ class VoxtralEngine:
         return channels[0], (channels[1] if len(channels) > 1 else None)
 
     def sample(self, samples: np.ndarray, n: int, *, temperature: float = 0.7, top_p: float = 0.9,
-               adapter: bool = True) -> list[str]:
+               adapter: bool = True, seed: int | None = None) -> list[VoxtralSample]:
         """n sampled transcripts of one clip (the tag channel by default): what RAFT draws its candidates from."""
         if adapter and not self.has_tags:
             raise ModelNotAvailable("sampling the tag channel needs the tag adapter (VOXQL_TAG_ADAPTER)")
@@ -192,11 +198,20 @@ class VoxtralEngine:
         batch["input_features"] = batch["input_features"].to(self.dtype)
         max_length = batch["input_features"].shape[-1] // self.processor.audio_length_per_tok
         with self.running(rows) as model:
+            if seed is not None:
+                torch.manual_seed(seed)
             out = model.generate(**batch, do_sample=True, temperature=temperature, top_p=top_p,
                                  num_return_sequences=n, max_length=max_length)
         prompt = inputs["input_ids"].shape[1]
-        return [self.processor.tokenizer.decode(seq[prompt:].tolist(), skip_special_tokens=True).strip()
-                for seq in out.cpu()]
+        eos = self.tekken.eos_id
+        results = []
+        for sequence in out.cpu().tolist():
+            generated = sequence[prompt:]
+            if eos in generated:  # rows that ended early are filled up after their end-of-stream
+                generated = generated[:generated.index(eos) + 1]
+            text = self.processor.tokenizer.decode(generated, skip_special_tokens=True).strip()
+            results.append(VoxtralSample(text, generated))
+        return results
 
     def stream(self, tags: bool = True) -> "VoxtralStream":
         return VoxtralStream(self, tags)

