@@ -429,6 +429,9 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
                 tuned_status = gr.Markdown(label="Adapter status", elem_id="compare-adapter-status")
                 tuned_results = gr.Dataframe(interactive=False, max_height=240, label="Adapter result",
                                              elem_id="compare-adapter-results")
+    from components.ask_voice import build_voice_panel  # here: it imports this module's helpers
+
+    build_voice_panel(ctx, db_picker, constrain, value_hints, session)
     with gr.Accordion("History (this session)", open=False):
         history_view = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, label="History", elem_id="history")
 

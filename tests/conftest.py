@@ -162,6 +162,25 @@ def tag_clips(tmp_path_factory):
     return data
 
 
+@pytest.fixture(scope="session")
+def tiny_ultravox(tmp_path_factory, tiny_llama_dir):
+    """A random projector whose config names a tiny random Whisper and the tiny Llama by folder."""
+    import torch
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    from pipelines.speech.ultravox import UltravoxConfig, UltravoxProjector, save_ultravox
+
+    torch.manual_seed(0)
+    whisper = tmp_path_factory.mktemp("whisper")
+    WhisperModel(WhisperConfig(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                               decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                               vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                               decoder_start_token_id=1)).save_pretrained(whisper)
+    WhisperFeatureExtractor().save_pretrained(whisper)
+    config = UltravoxConfig(audio_model_id=str(whisper), text_model_id=str(tiny_llama_dir), hidden_size=64)
+    return save_ultravox(tmp_path_factory.mktemp("ultravox"), config, UltravoxProjector(config, 16, 32))
+
+
 # -- browser suites: a module defines `app_url`; these give it a Chromium page and a screenshot folder ---------------
 @pytest.fixture(scope="module")
 def page(app_url):

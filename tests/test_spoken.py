@@ -83,25 +83,6 @@ def test_train_projector_distils_and_writes_an_ultravox_the_engine_answers_with(
     assert len(answer.attempts) == 1 and answer.attempts[0].reply  # it generated, and the reply was checked
 
 
-@pytest.fixture(scope="module")
-def tiny_ultravox(tmp_path_factory, tiny_llama_dir):
-    """A random projector whose config names a tiny random Whisper and the tiny Llama by folder."""
-    import torch
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
-
-    from pipelines.speech.ultravox import UltravoxConfig, UltravoxProjector, save_ultravox
-
-    torch.manual_seed(0)
-    whisper = tmp_path_factory.mktemp("whisper")
-    WhisperModel(WhisperConfig(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                               decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-                               vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                               decoder_start_token_id=1)).save_pretrained(whisper)
-    WhisperFeatureExtractor().save_pretrained(whisper)
-    config = UltravoxConfig(audio_model_id=str(whisper), text_model_id=str(tiny_llama_dir), hidden_size=64)
-    return save_ultravox(tmp_path_factory.mktemp("ultravox"), config, UltravoxProjector(config, 16, 32))
-
-
 def _wav(path, seconds=1.5):
     import soundfile as sf
 

@@ -119,3 +119,8 @@ def load_adapter(model, spec: str, name: str):
     except (OSError, ValueError) as error:
         log.debug("loading adapter %s failed: %s", spec, error)
         raise ModelNotAvailable(_missing_hint(spec, "adapter")) from None
+    except RuntimeError as error:  # torch's "size mismatch": the adapter was trained on another base
+        log.debug("loading adapter %s failed: %s", spec, error)
+        base = getattr(getattr(model, "config", None), "_name_or_path", "this model")
+        raise ModelNotAvailable(f"adapter {spec!r} does not fit {base!r}: it was trained on a model of another "
+                                "shape (see its adapter_config.json's base_model_name_or_path)") from None
