@@ -1,11 +1,15 @@
 """The OpenAI-compatible client against a small test server of ours (no vLLM): the wire format, streaming,
 n choices, errors. The same client against a real vLLM server is in test_vllm_engine.py."""
 
+import base64
+import io
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 from pipelines.engine import SamplingParams, get_engine
 from pipelines.errors import BadInput
@@ -13,7 +17,8 @@ from pipelines.errors import BadInput
 
 class Handler(BaseHTTPRequestHandler):
     """Serves model "base" and adapter "sql"; replies "words: N" (N = words in the last message), or, for the
-    adapter, that text upper-cased. A last message of "fail" makes a stream end with an error event."""
+    adapter, that text upper-cased. A last message of "fail" makes a stream end with an error event. A last
+    message with an audio part gets "heard N.N s" (the WAV's length)."""
 
     def log_message(self, *args):
         pass
@@ -38,7 +43,11 @@ class Handler(BaseHTTPRequestHandler):
         if body["model"] not in {"base", "sql"}:
             return self._send(404, {"error": {"message": f"model {body['model']} does not exist"}})
         last = body["messages"][-1]["content"]
-        text = f"words: {len(last.split())}"
+        if isinstance(last, list):  # content parts: text and input_audio
+            audio = next(p["input_audio"] for p in last if p["type"] == "input_audio")
+            samples, rate = sf.read(io.BytesIO(base64.b64decode(audio["data"])))
+            last = f"heard {len(samples) / rate:.1f} s"
+        text = f"words: {len(last.split())}" if not last.startswith("heard") else last
         text = text.upper() if body["model"] == "sql" else text
         if not body.get("stream"):
             choices = [{"index": i, "message": {"content": text}, "finish_reason": "stop"} for i in range(body["n"])]
@@ -136,3 +145,22 @@ def test_a_server_process_ends_itself_when_the_app_is_gone(tmp_path):
         time.sleep(0.5)
     os.kill(server_pid, 9)
     raise AssertionError("the stand-in server outlived its parent by 20 s")
+
+
+def test_a_spoken_question_travels_as_an_input_audio_part(server):
+    """A speech-in model on a server (vLLM serving fixie-ai/ultravox-v0_4): the prompt the SQL pipeline builds for
+    a spoken question goes out as text with <|audio|> and a WAV part; a text model on the same server refuses it."""
+    from pipelines.sql.databases import SchemaOnlyDatabase
+    from pipelines.sql.pipeline import ask, question_messages
+
+    url = f"http://127.0.0.1:{server.server_port}"
+    speech = get_engine("fixie-ai/ultravox-v0_4", "sql", engine="openai", url=url)
+    assert speech.capabilities.audio_input
+    database = SchemaOnlyDatabase("CREATE TABLE singer (name TEXT, age INTEGER);")
+    audio = np.zeros(24_000, dtype=np.float32)
+    [[reply]] = speech.generate([question_messages("(spoken, 1.5 s)", database, audio=audio)], adapter=None)
+    assert reply.text == "heard 1.5 s"
+    text, part = server.requests[-1]["messages"][-1]["content"]
+    assert "<|audio|>" in text["text"] and part["input_audio"]["format"] == "wav"
+    with pytest.raises(BadInput, match="takes text only"):
+        ask("(spoken)", database, get_engine("base", engine="openai", url=url), audio=audio)

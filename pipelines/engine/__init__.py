@@ -100,16 +100,18 @@ def _transformers(model: str, adapter: str | None, url: str | None) -> Engine:
 
 def _vllm(model: str, adapter: str | None, url: str | None) -> Engine:
     from pipelines.engine.vllm_engine import VLLMEngine
+    from pipelines.speech.ultravox import is_ultravox
 
-    return VLLMEngine(model, adapter, url=url)
+    return VLLMEngine(model, adapter, url=url, audio_input=is_ultravox(model))
 
 
 def _openai(model: str, adapter: str | None, url: str | None) -> Engine:
     if not url:
         raise BadInput(f"the openai engine needs the server's URL: --engine-url or {ENGINE_URL_ENV}")
     from pipelines.engine.openai_engine import OpenAIEngine
+    from pipelines.speech.ultravox import is_ultravox
 
-    return OpenAIEngine(model, adapter, url=url)
+    return OpenAIEngine(model, adapter, url=url, audio_input=is_ultravox(model))
 
 
 register_engine("transformers", _transformers, "in-process transformers + PEFT (CPU or CUDA); the default")

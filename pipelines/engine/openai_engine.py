@@ -3,12 +3,15 @@
 The server holds the model; adapters are models the server serves by name (vLLM: `--lora-modules name=path`,
 or loaded while it runs through `POST /v1/load_lora_adapter`). A request names the adapter as its `model`,
 so base and adapter answers come from the same server without reloading anything. Grammars travel as vLLM's
-`structured_outputs: {"grammar": ...}`, which only vLLM understands: other servers get no grammar.
+`structured_outputs: {"grammar": ...}`, which only vLLM understands: other servers get no grammar. A spoken
+question (a speech-in model such as Ultravox) travels as an `input_audio` content part (WAV, base64).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import io
 import json
 import threading
 import time
@@ -36,7 +39,8 @@ class OpenAIEngine(Engine):
     """`model_spec` names the base model (the server's model id, or anything when the server serves one base);
     `adapter_spec` is a served adapter's name or path, or a path the server can load at run time."""
 
-    def __init__(self, model_spec: str, adapter_spec: str | None = None, *, url: str, server_label: str | None = None):
+    def __init__(self, model_spec: str, adapter_spec: str | None = None, *, url: str, server_label: str | None = None,
+                 audio_input: bool = False):
         self.url = api_base(url)
         self._http = httpx.Client(timeout=TIMEOUT)
         served = self._get("/models")["data"]
@@ -44,7 +48,8 @@ class OpenAIEngine(Engine):
         version = self._server_version()
         # Grammars and token ids are vLLM request fields; another server would reject or ignore them.
         self.is_vllm = version is not None
-        self.capabilities = Capabilities(grammar=self.is_vllm, batching=True, runtime_adapter_loading=self.is_vllm)
+        self.capabilities = Capabilities(grammar=self.is_vllm, batching=True, runtime_adapter_loading=self.is_vllm,
+                                         audio_input=audio_input)
         self.info = EngineInfo(
             model=display_name(model_spec),
             adapters={m["id"]: m.get("root") or m["id"] for m in served if m.get("parent")},
@@ -111,7 +116,8 @@ class OpenAIEngine(Engine):
 
     # -- generation ---------------------------------------------------------------------------------------
     def _body(self, messages: list[Message], params: SamplingParams, adapter: str | None, n: int) -> dict:
-        body = {"model": adapter or self.base_name, "messages": messages, "max_tokens": params.max_new_tokens,
+        body = {"model": adapter or self.base_name, "messages": [wire_message(m) for m in messages],
+                "max_tokens": params.max_new_tokens,
                 "temperature": max(params.temperature, 0.0), "top_p": params.top_p, "n": n}
         if params.seed is not None:
             body["seed"] = params.seed
@@ -188,6 +194,21 @@ class OpenAIEngine(Engine):
 
         stream.pieces = pieces()
         return stream
+
+
+def wire_message(message: Message) -> dict:
+    """A message as the server reads it. One with `audio` (16 kHz samples) becomes content parts: its text, with
+    `<|audio|>` where the audio goes (vLLM keeps a placeholder it finds in the text where it is), then the audio
+    as an `input_audio` part."""
+    if message.get("audio") is None:
+        return message
+    import soundfile
+
+    wav = io.BytesIO()
+    soundfile.write(wav, message["audio"], 16_000, format="WAV", subtype="PCM_16")
+    parts = [{"type": "text", "text": message["content"]},
+             {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav.getvalue()).decode(), "format": "wav"}}]
+    return {"role": message["role"], "content": parts}
 
 
 def _token_count(choice: dict, usage: dict, choices: int) -> int:

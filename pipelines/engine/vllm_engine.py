@@ -162,7 +162,8 @@ class VLLMEngine(OpenAIEngine):
     """`url`: use the vLLM server there; otherwise start one for `model_spec` with `adapter_spec` served as
     "default"."""
 
-    def __init__(self, model_spec: str, adapter_spec: str | None = None, *, url: str | None = None):
+    def __init__(self, model_spec: str, adapter_spec: str | None = None, *, url: str | None = None,
+                 audio_input: bool = False):
         self.server = None
         if url is None:
             adapter_path = str(Path(adapter_spec).expanduser().resolve()) if adapter_spec and \
@@ -171,7 +172,7 @@ class VLLMEngine(OpenAIEngine):
             self.server.wait_ready()
             url = self.server.url
         try:
-            super().__init__(model_spec, adapter_spec, url=url)
+            super().__init__(model_spec, adapter_spec, url=url, audio_input=audio_input)
         except BaseException:
             if self.server:
                 self.server.stop()
