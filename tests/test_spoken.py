@@ -83,6 +83,25 @@ def test_train_projector_distils_and_writes_an_ultravox_the_engine_answers_with(
     assert len(answer.attempts) == 1 and answer.attempts[0].reply  # it generated, and the reply was checked
 
 
+@needs_tools
+@needs_spider
+def test_a_cancelled_projector_run_resumes_from_its_folder_alone(corpus, tmp_path, capsys):
+    import threading
+
+    from pipelines.training.projector_train import ProjectorTrainConfig, train_projector
+
+    cancel = threading.Event()
+    config = ProjectorTrainConfig(data=str(corpus / "train.jsonl"), output_dir=str(tmp_path / "uv"), ctc_steps=1,
+                                  kd_steps=2, batch_size=2, warmup_steps=1, save_steps=10)
+    first = train_projector(config, lambda event: event.step >= 1 and cancel.set(), cancel)
+    assert first["status"] == "cancelled" and first["steps"] == 1
+    assert main(["train-projector", "--output-dir", str(tmp_path / "uv"), "--resume"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status"] == "completed" and summary["steps"] == summary["max_steps"] == 3
+    record = json.loads((tmp_path / "uv" / "training.json").read_text())
+    assert [h["phase"] for h in record["history"]] == ["ctc", "kd", "kd"]
+
+
 def _wav(path, seconds=1.5):
     import soundfile as sf
 

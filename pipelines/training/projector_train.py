@@ -281,9 +281,14 @@ def train_projector(config: ProjectorTrainConfig, progress: ProgressCallback | N
     report = progress or (lambda event: log.info("%s", event.message))
     out = Path(config.output_dir).expanduser()
     checkpoint_path = out / CHECKPOINT_FILE
+    saved = None
     if config.resume:
         if not checkpoint_path.is_file():
             raise BadInput(f"nothing to resume in {out}: no {CHECKPOINT_FILE}")
+        saved = torch.load(checkpoint_path, weights_only=False)
+        if "config" in saved:  # the run's own settings: resuming needs only the folder
+            config = ProjectorTrainConfig(**{**saved["config"], "output_dir": config.output_dir, "resume": True,
+                                             "threads": config.threads})
     elif out.exists() and any(out.iterdir()) and not config.overwrite:
         raise BadInput(f"{out} is not empty: pass --overwrite to replace it, or --resume to continue")
     if config.sql_adapter is None:
@@ -305,15 +310,14 @@ def train_projector(config: ProjectorTrainConfig, progress: ProgressCallback | N
     optimizer = torch.optim.AdamW(distiller.audio.projector.parameters(), lr=config.learning_rate,
                                   weight_decay=0.0)
     step, history, previous_wall = 0, [], 0.0
-    if config.resume:
-        saved = torch.load(checkpoint_path, weights_only=False)
+    if saved is not None:
         distiller.audio.projector.load_state_dict(saved["projector"])
         optimizer.load_state_dict(saved["optimizer"])
         step, history, previous_wall = saved["step"], saved["history"], saved["wall_time_s"]
 
     def save_checkpoint() -> None:
         torch.save({"projector": distiller.audio.projector.state_dict(), "optimizer": optimizer.state_dict(),
-                    "step": step, "history": history,
+                    "step": step, "history": history, "config": config.to_dict(),
                     "wall_time_s": previous_wall + time.perf_counter() - started}, checkpoint_path)
 
     rng = random.Random(config.seed)
@@ -370,6 +374,11 @@ def cmd_train_projector(args) -> int:
 
     from pipelines.training.cli import _install_cancel_handlers, _restore_handlers
 
+    if not args.data and not args.resume:
+        print("error: --data is required (train.jsonl of make-spoken-questions), unless you --resume",
+              file=sys.stderr)
+        return 2
+    args.data = args.data or ""
     fields = {f.name for f in dataclasses.fields(ProjectorTrainConfig)}
     config = ProjectorTrainConfig(**{name: value for name, value in vars(args).items()
                                      if name in fields and value is not None})
@@ -387,7 +396,7 @@ def cmd_train_projector(args) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train-projector", help="train the small Ultravox's projector (KD, CPU-sized)")
-    parser.add_argument("--data", required=True, help="train.jsonl of make-spoken-questions")
+    parser.add_argument("--data", help="train.jsonl of make-spoken-questions (not needed with --resume)")
     parser.add_argument("--output-dir", "--output", required=True, help="the Ultravox folder to write")
     defaults = ProjectorTrainConfig(data="", output_dir="")
     for field in dataclasses.fields(ProjectorTrainConfig):
