@@ -18,6 +18,7 @@ from components.ask import build_ask_tab, close_session
 from components.listen import build_listen_tab
 from components.mic_transport import launch_kwargs
 from components.train import build_train_tab
+from components.train_projector import build_projector_section
 from components.train_tags import build_tag_training_section
 from pipelines.engine import ENGINE_ENV, ENGINE_URL_ENV, engine_choice, get_engine
 from pipelines.errors import VoxQLError
@@ -51,6 +52,7 @@ def build_app(profile: Profile) -> gr.Blocks:
             with gr.Tab("Train", id="train"):
                 build_train_tab(profile, ask.adapter_picker, tabs)
                 build_tag_training_section()
+                build_projector_section()
         # The page closed: its upload folder goes now (Gradio keeps a closed session's state for an hour).
         demo.unload(close_session)
     demo.voxql_tabs = tabs  # for tests that drive tab switching
