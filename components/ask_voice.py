@@ -10,9 +10,11 @@ own column and leaves the other.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 
-from components.ask import DEFAULT, _ask_options, _database, _status, results_frame
+from components.ask import DEFAULT, NO_RESULT, _ask_options, _database, _status, results_frame
 from components.common import bind_context, error_markdown
 from pipelines.engine import get_engine
 from pipelines.errors import BadInput, VoxQLError
@@ -73,7 +75,9 @@ def ask_by_voice(ctx, recording: str | None, database: str, constrain: bool, val
 def build_voice_panel(ctx, database: gr.Dropdown, constrain: gr.Checkbox, value_hints: gr.Checkbox,
                       session: gr.State) -> None:
     """The panel's layout and wiring (inside the Ask tab, under the typed question's answer)."""
-    model = ctx.profile.speech_sql_model or "none in this profile"
+    spec = ctx.profile.speech_sql_model
+    # A Hub id as it is; a folder by its name (the page does not show the server's paths)
+    model = (Path(spec).name if Path(spec).is_dir() else spec) if spec else "none in this profile"
     with gr.Accordion("Ask by voice: the cascade and end to end, side by side", open=False, elem_id="voice-panel"):
         gr.Markdown(f"Record or upload a question about the selected database. **Cascade**: "
                     f"`{ctx.profile.asr_model}` writes it down, then the SQL model answers the text. **End to end**: "
@@ -88,14 +92,14 @@ def build_voice_panel(ctx, database: gr.Dropdown, constrain: gr.Checkbox, value_
                 cascade_sql = gr.Code(language="sql", interactive=False, label="Cascade SQL",
                                       elem_id="voice-cascade-sql", wrap_lines=True, max_lines=10)
                 cascade_status = gr.Markdown(label="Cascade status", elem_id="voice-cascade-status")
-                cascade_results = gr.Dataframe(interactive=False, max_height=240, label="Cascade result",
+                cascade_results = gr.Dataframe(NO_RESULT, interactive=False, max_height=240, label="Cascade result",
                                                elem_id="voice-cascade-results")
             with gr.Column():
                 gr.Markdown("**End to end** (speech in, SQL out)")
                 direct_sql = gr.Code(language="sql", interactive=False, label="End-to-end SQL",
                                      elem_id="voice-direct-sql", wrap_lines=True, max_lines=10)
                 direct_status = gr.Markdown(label="End-to-end status", elem_id="voice-direct-status")
-                direct_results = gr.Dataframe(interactive=False, max_height=240, label="End-to-end result",
+                direct_results = gr.Dataframe(NO_RESULT, interactive=False, max_height=240, label="End-to-end result",
                                               elem_id="voice-direct-results")
     ask.click(gpu_task(bind_context(ask_by_voice, ctx), duration=120),
               [recording, database, constrain, value_hints, session],
