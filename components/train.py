@@ -112,6 +112,32 @@ def training_log(events: list[TrainProgress]) -> str:
     return "\n".join(lines[-LOG_LINES:])
 
 
+def follow_job(job: Job, render):
+    """Yield the job's view every POLL_S until it ends, then once more (the Train tab's sections all follow
+    their background jobs this way)."""
+    while job.running:
+        yield render(job)
+        time.sleep(POLL_S)
+    yield render(job)
+
+
+def job_status(job: Job, finished) -> str:
+    """A section job's status line: its error, `finished(result)` once it has ended, else its latest message."""
+    events = [e for e in job.events if not isinstance(e, str)]
+    if job.error:
+        return error_markdown(job.error)
+    if job.result is not None:
+        return finished(job.result)
+    if events:
+        return ("Cancelling… " if job.cancel.is_set() else "") + events[-1].message
+    return "Starting…"
+
+
+def cancel_message(runner: JobRunner) -> str:
+    job = runner.cancel()
+    return f"Cancelling the {job.kind}…" if job else "Nothing is running."
+
+
 def _adapter_name(result) -> str:
     """A finished adapter as the Train fields take it: its name when it is in the app's adapter folder."""
     folder = Path(result.adapter_dir)

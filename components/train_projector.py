@@ -15,14 +15,13 @@ from pathlib import Path
 import gradio as gr
 
 from components.common import error_markdown
-from components.train import loss_plot, training_log
+from components.train import cancel_message, follow_job, job_status, loss_plot, training_log
 from pipelines.errors import BadInput
 from pipelines.profiles import cache_dir
 from pipelines.training.jobs import Job, JobRunner
 from pipelines.training.projector_train import ProjectorTrainConfig, train_projector
 from pipelines.training.sql_sft import format_duration
 
-POLL_S = 1.0
 # The fields the section shows, from ProjectorTrainConfig (the same list the CLI flags come from): (field, label).
 FIELDS = [("ctc_steps", "CTC warm-up steps"), ("kd_steps", "KD steps"), ("batch_size", "Batch size"),
           ("learning_rate", "Learning rate"), ("max_clips", "Max clips (0: all)")]
@@ -37,14 +36,6 @@ def corpus_dir() -> Path:
 
 def projectors_root() -> Path:
     return cache_dir() / "ultravox"
-
-
-def _follow(job: Job, render):
-    """Yield the job's view every POLL_S until it ends, then once more."""
-    while job.running:
-        yield render(job)
-        time.sleep(POLL_S)
-    yield render(job)
 
 
 # -- handlers ----------------------------------------------------------------------------------------------------
@@ -68,7 +59,7 @@ def make_corpus(questions: float):
     except BadInput as error:
         yield error_markdown(str(error)), gr.skip()
         return
-    yield from _follow(job, corpus_view)
+    yield from follow_job(job, corpus_view)
 
 
 def corpus_view(job: Job):
@@ -105,30 +96,25 @@ def start_training(data: str, name: str, *values):
     except BadInput as error:
         yield error_markdown(str(error)), gr.skip(), gr.skip()
         return
-    yield from _follow(job, training_view)
+    yield from follow_job(job, training_view)
+
+
+def finished_training(record: dict) -> str:
+    folder = Path(record["config"]["output_dir"])
+    if record["status"] == "completed":
+        return (f"**Done:** {record['steps']} steps in {format_duration(record['wall_time_s'])}; the small Ultravox "
+                f"is in `{folder}`. Ask by voice with it: start the app with `VOXQL_SPEECH_SQL_MODEL={folder}`.")
+    return (f"**Cancelled** at step {record['steps']}/{record['max_steps']}; the checkpoint is kept "
+            f"(`python -m pipelines train-projector --output-dir {folder} --resume`).")
 
 
 def training_view(job: Job):
     events = [e for e in job.events if not isinstance(e, str)]
-    if job.error:
-        status = error_markdown(job.error)
-    elif job.result is not None:
-        record, folder = job.result, Path(job.result["config"]["output_dir"])
-        status = (f"**Done:** {record['steps']} steps in {format_duration(record['wall_time_s'])}; the small Ultravox "
-                  f"is in `{folder}`. Ask by voice with it: start the app with `VOXQL_SPEECH_SQL_MODEL={folder}`."
-                  if record["status"] == "completed" else
-                  f"**Cancelled** at step {record['steps']}/{record['max_steps']}; the checkpoint is kept "
-                  f"(`python -m pipelines train-projector --output-dir {folder} --resume`).")
-    elif events:
-        status = ("Cancelling… " if job.cancel.is_set() else "") + events[-1].message
-    else:
-        status = "Starting…"
-    return status, training_log(events), loss_plot(events)
+    return job_status(job, finished_training), training_log(events), loss_plot(events)
 
 
 def cancel_job() -> str:
-    job = jobs.cancel()
-    return f"Cancelling the {job.kind}…" if job else "Nothing is running."
+    return cancel_message(jobs)
 
 
 # -- layout ----------------------------------------------------------------------------------------------------

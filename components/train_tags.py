@@ -17,14 +17,13 @@ import gradio as gr
 import pandas as pd
 
 from components.common import error_markdown
-from components.train import loss_plot, training_log
+from components.train import cancel_message, follow_job, job_status, loss_plot, training_log
 from pipelines.errors import BadInput
 from pipelines.profiles import CPU_TAG_ADAPTER_DIR, cache_dir
 from pipelines.training.jobs import Job, JobRunner
 from pipelines.training.sql_sft import format_duration
 from pipelines.training.tags_train import METHODS, TagTrainConfig, tag_config, train_tags
 
-POLL_S = 1.0
 # The fields the section shows, from TagTrainConfig (the same list the CLI flags come from): (field, label).
 FIELDS = [("max_steps", "Max steps (0: by epochs)"), ("epochs", "Epochs (RAFT: 1)"),
           ("learning_rate", "Learning rate (RAFT: 1e-4)"), ("batch_size", "Batch size"),
@@ -58,14 +57,6 @@ def adapter_path(name: str | None) -> str | None:
     return str(CPU_TAG_ADAPTER_DIR if name == "shipped" else tag_adapters_root() / name)
 
 
-def _follow(job: Job, render):
-    """Yield the job's view every POLL_S until it ends, then once more."""
-    while job.running:
-        yield render(job)
-        time.sleep(POLL_S)
-    yield render(job)
-
-
 # -- handlers ----------------------------------------------------------------------------------------------------
 def make_corpus(clips: float):
     """Generate the synthetic corpus into the cache (replacing an earlier one)."""
@@ -80,7 +71,7 @@ def make_corpus(clips: float):
     except BadInput as error:
         yield error_markdown(str(error)), gr.skip()
         return
-    for view in _follow(job, lambda j: corpus_view(j)):
+    for view in follow_job(job, lambda j: corpus_view(j)):
         yield view
 
 
@@ -110,7 +101,7 @@ def start_training(method: str, data: str, from_adapter: str | None, name: str, 
     except BadInput as error:
         yield error_markdown(str(error)), *[gr.skip()] * 5
         return
-    for view in _follow(job, training_view):
+    for view in follow_job(job, training_view):
         yield *view, gr.skip(), gr.skip(), gr.skip()
     yield *training_view(job), *[gr.Dropdown(choices=tag_adapter_choices())] * 3
 
@@ -135,25 +126,20 @@ def training_config(method: str, data: str, from_adapter: str | None, name: str,
                       **overrides)
 
 
+def finished_training(result) -> str:
+    if result.completed:
+        return (f"**Done:** {result.steps} steps in {format_duration(result.wall_time_s)}; adapter "
+                f"**{Path(result.output_dir).name}** saved.")
+    return f"**Cancelled** at step {result.steps}/{result.max_steps}; the checkpoint is kept."
+
+
 def training_view(job: Job):
     events = [e for e in job.events if not isinstance(e, str)]
-    if job.error:
-        status = error_markdown(job.error)
-    elif job.result is not None:
-        result = job.result
-        status = (f"**Done:** {result.steps} steps in {format_duration(result.wall_time_s)}; adapter "
-                  f"**{Path(result.output_dir).name}** saved." if result.completed else
-                  f"**Cancelled** at step {result.steps}/{result.max_steps}; the checkpoint is kept.")
-    elif events:
-        status = ("Cancelling… " if job.cancel.is_set() else "") + events[-1].message
-    else:
-        status = "Starting…"
-    return status, training_log(events), loss_plot(events)
+    return job_status(job, finished_training), training_log(events), loss_plot(events)
 
 
 def cancel_job() -> str:
-    job = jobs.cancel()
-    return f"Cancelling the {job.kind}…" if job else "Nothing is running."
+    return cancel_message(jobs)
 
 
 def evaluate(data: str, sft: str | None, raft: str | None, limit: float):
@@ -174,7 +160,7 @@ def evaluate(data: str, sft: str | None, raft: str | None, limit: float):
     except BadInput as error:
         yield error_markdown(str(error)), gr.skip()
         return
-    for view in _follow(job, lambda j: evaluation_view(j, dev.name)):
+    for view in follow_job(job, lambda j: evaluation_view(j, dev.name)):
         yield view
 
 
