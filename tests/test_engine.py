@@ -137,3 +137,24 @@ def test_missing_model_and_adapter_are_clear_errors(tmp_path, tiny_llama_dir):
         TransformersEngine("some-org/missing-model")
     with pytest.raises(ModelNotAvailable, match="adapter"):
         TransformersEngine(str(tiny_llama_dir), str(tmp_path / "no-adapter"))
+
+
+def test_a_prompt_sharing_a_prefix_starts_from_its_cache_and_answers_the_same(tiny_llama_dir, taught_adapter_dir,
+                                                                               shop_db):
+    """Questions about one database share the schema's tokens: the second starts from the first one's KV cache
+    (and a repeated prompt from nearly all of it), with the same greedy answers as an engine without the cache."""
+    cached = TransformersEngine(str(tiny_llama_dir), str(taught_adapter_dir), dtype=torch.float32)
+    uncached = TransformersEngine(str(tiny_llama_dir), str(taught_adapter_dir), dtype=torch.float32)
+    uncached.prompt_cache.size = 0
+    database = DuckDBDatabase(shop_db)
+    prompts = [question_messages(q, database) for q in (TAUGHT_QUESTION, "How many products are there?",
+                                                       TAUGHT_QUESTION)]
+    answers = [cached.generate([prompt], GREEDY)[0][0].text for prompt in prompts[:2]]
+    answers.append("".join(cached.stream(prompts[2], GREEDY)))
+    assert answers == [uncached.generate([prompt], GREEDY)[0][0].text for prompt in prompts]
+    assert answers[0] == answers[2] == TAUGHT_SQL
+    assert (cached.prompt_cache.misses, cached.prompt_cache.hits) == (1, 2)
+    assert cached.prompt_cache.reused_tokens > 100  # the schema, twice
+    [base] = cached.generate([prompts[0]], GREEDY, adapter=None)[0]  # the base model keeps caches of its own
+    assert base.text == uncached.generate([prompts[0]], GREEDY, adapter=None)[0][0].text
+    assert cached.prompt_cache.misses == 2

@@ -45,6 +45,57 @@ class _TimedStreamer(TextIteratorStreamer):
         super().put(value)
 
 
+class PromptCache:
+    """The KV caches of recent prompts. A new prompt starts from the longest prefix it shares with one of them
+    (questions about the same database share the schema's first few hundred tokens, and a retry shares the
+    whole first prompt), so only the rest is prefilled: the time to the first token shrinks with it."""
+
+    def __init__(self, size: int = 8, min_tokens: int = 32):
+        self.size, self.min_tokens = size, min_tokens
+        self.entries: list[tuple[object, list[int], object]] = []  # (model key, prompt ids, cache), oldest first
+        self.hits = self.misses = 0
+        self.reused_tokens = 0
+
+    def lookup(self, key, ids: list[int]):
+        """A copy of the best cache, cut to the shared prefix (at least one token is left to run), or None."""
+        best, shared = None, 0
+        for entry_key, entry_ids, cache in self.entries:
+            if entry_key != key:
+                continue
+            n = 0
+            for a, b in zip(entry_ids, ids):
+                if a != b:
+                    break
+                n += 1
+            if n > shared:
+                best, shared = cache, n
+        shared = min(shared, len(ids) - 1)
+        if best is None or shared < self.min_tokens:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self.reused_tokens += shared
+        cache = copy.deepcopy(best)
+        _cut(cache, shared)
+        return cache
+
+    def store(self, key, ids: list[int], cache) -> None:
+        """Keep `cache` (it may hold generated tokens after the prompt: they are cut off)."""
+        _cut(cache, len(ids))
+        self.entries = [e for e in self.entries if not (e[0] == key and e[1] == ids)][-(self.size - 1):]
+        self.entries.append((key, ids, cache))
+
+    def clear(self) -> None:
+        self.entries = []
+
+
+def _cut(cache, length: int) -> None:
+    """Keep the first `length` positions of a KV cache (crop takes the number of positions to drop)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
 class TransformersEngine(Engine):
     capabilities = Capabilities(grammar=grammar_available(), batching=True)
 
@@ -68,6 +119,7 @@ class TransformersEngine(Engine):
         # One lock per model: adapter switching and generate() both touch shared model state, and on a CPU
         # two generations at once would only be slower than two in a row.
         self._lock = threading.Lock()
+        self.prompt_cache = PromptCache(size=int(os.environ.get("VOXQL_PROMPT_CACHE", "8")))
         self.info = EngineInfo(
             model=display_name(model_spec),
             adapters={},
@@ -85,6 +137,7 @@ class TransformersEngine(Engine):
         with self._lock:
             self.model = load_adapter(self.model, spec, name)
             self.model.eval()
+            self.prompt_cache.clear()  # a reloaded name may hold other weights
             self.info = dataclasses.replace(self.info, adapters={**self.info.adapters, name: spec})
 
     def set_default_adapter(self, name: str | None) -> None:
@@ -92,6 +145,7 @@ class TransformersEngine(Engine):
         self.info = dataclasses.replace(self.info, default_adapter=name)
         with self._lock:
             self._merged = None
+            self.prompt_cache.clear()
             if self.merge_default and name is not None:
                 self.model.set_adapter(name)
                 self._merged = (name, copy.deepcopy(self.model).merge_and_unload(adapter_names=[name]).eval())
@@ -131,7 +185,8 @@ class TransformersEngine(Engine):
                                       greedy=params.greedy)
 
     def _generate_kwargs(self, params: SamplingParams, grammar: GrammarLogitsProcessor | None = None) -> dict:
-        kwargs = dict(max_new_tokens=params.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        kwargs = dict(max_new_tokens=params.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                      return_dict_in_generate=True)
         if grammar is not None:
             kwargs["logits_processor"] = [grammar]
         if params.greedy:
@@ -140,6 +195,24 @@ class TransformersEngine(Engine):
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=None,
                           num_return_sequences=params.n)
         return kwargs
+
+    @contextlib.contextmanager
+    def _reusing_prompt(self, model, adapter: str | None, inputs, rows: int):
+        """generate() kwargs that start from a cached prefix of this prompt; afterwards the prompt's own cache is
+        kept (the caller puts generate's output in the dict). Only a single unpadded row of token ids qualifies:
+        padding, n samples and audio embeddings would each need the cache reshaped."""
+        ids = inputs["input_ids"]
+        usable = ids.shape[0] == 1 and rows == 1 and "inputs_embeds" not in inputs and self.prompt_cache.size > 0
+        if not usable:
+            yield {}
+            return
+        key, prompt = (id(model), adapter), ids[0].tolist()
+        cache = self.prompt_cache.lookup(key, prompt)
+        kwargs = {} if cache is None else {"past_key_values": cache}
+        yield kwargs
+        output = kwargs.get("output")
+        if output is not None and getattr(output, "past_key_values", None) is not None:
+            self.prompt_cache.store(key, prompt, output.past_key_values)
 
     def _finish_reason(self, new_tokens: torch.Tensor, max_new_tokens: int) -> tuple[str, int]:
         """Why a sequence ended, and how many real tokens it has (padding after EOS excluded)."""
@@ -158,8 +231,10 @@ class TransformersEngine(Engine):
         with self._lock, self._using(adapter) as model, torch.inference_mode():
             if params.seed is not None:
                 torch.manual_seed(params.seed)
-            output = model.generate(**inputs, **self._generate_kwargs(params, grammar))
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+            with self._reusing_prompt(model, adapter, inputs, per_prompt) as cached:
+                output = model.generate(**inputs, **self._generate_kwargs(params, grammar), **cached)
+                cached["output"] = output
+        new_tokens = output.sequences[:, inputs["input_ids"].shape[1]:]
         results: list[list[Generation]] = []
         for row, tokens in enumerate(new_tokens):
             reason, count = self._finish_reason(tokens, params.max_new_tokens)
@@ -185,11 +260,13 @@ class TransformersEngine(Engine):
                 with self._lock, self._using(adapter) as model, torch.inference_mode():
                     if params.seed is not None:
                         torch.manual_seed(params.seed)
-                    output = model.generate(
-                        **inputs, **self._generate_kwargs(params, grammar), streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_StopOnEvent(cancel)]),
-                    )
-                outcome["tokens"] = output[0, inputs["input_ids"].shape[1]:]
+                    with self._reusing_prompt(model, adapter, inputs, 1) as cached:
+                        output = model.generate(
+                            **inputs, **self._generate_kwargs(params, grammar), streamer=streamer,
+                            stopping_criteria=StoppingCriteriaList([_StopOnEvent(cancel)]), **cached,
+                        )
+                        cached["output"] = output
+                outcome["tokens"] = output.sequences[0, inputs["input_ids"].shape[1]:]
             except BaseException as error:  # re-raised in the consumer's thread
                 outcome["error"] = error
                 streamer.end()
