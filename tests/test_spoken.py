@@ -152,3 +152,36 @@ def test_sql_audio_cascade_transcribes_then_asks(tiny_llama_dir, shop_db, tmp_pa
     answer = json.loads(capsys.readouterr().out)
     assert answer["spoken"]["voice"] == "cascade" and "customers" in answer["spoken"]["transcript"].lower()
     assert answer["question"] == answer["spoken"]["transcript"]
+
+
+@needs_tools
+@needs_spider
+def test_the_scorer_marks_right_and_wrong_on_demo_and_spider_rows(corpus):
+    from pipelines.speech.spoken_questions import load_spoken_questions
+    from pipelines.sql.pipeline import run_sql
+    from pipelines.sql.spoken import SpokenScorer
+
+    scorer = SpokenScorer(str(SPIDER_DIR))
+    spider_row = load_spoken_questions(corpus / "test.jsonl")[0]
+    demo_row = load_spoken_questions(corpus / "demo.jsonl")[0]
+    assert spider_row["gold_dialect"] == "sqlite" and demo_row["gold_dialect"] == "duckdb"
+    for row in (spider_row, demo_row):
+        database = scorer.database(row)
+        assert scorer.is_right(row, run_sql(row["gold"], database)), row  # the gold itself, run as the app does
+        assert not scorer.is_right(row, run_sql("SELECT 1 AS x WHERE 1 = 0", database))
+
+
+@needs_tools
+@needs_spider
+def test_eval_spoken_on_spider_rows_asks_three_ways_and_writes_its_report(corpus, tiny_ultravox, tiny_llama_dir,
+                                                                          tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VOXQL_SQL_MODEL", str(tiny_llama_dir))
+    monkeypatch.setenv("VOXQL_SQL_ADAPTER", "none")
+    out = tmp_path / "report.json"
+    assert main(["eval-spoken", "--data", str(corpus / "test.jsonl"), "--speech-model", str(tiny_ultravox),
+                 "--spider-dir", str(SPIDER_DIR), "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [summary[way]["total"] for way in ("typed", "cascade", "end-to-end")] == [2, 2, 2]
+    report = json.loads(out.read_text())
+    assert report["command"].startswith("python -m pipelines eval-spoken") and len(report["records"]) == 2
+    assert all(record["cascade"]["transcript"] for record in report["records"])  # the ASR heard words

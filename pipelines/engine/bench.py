@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import sys
 import time
@@ -142,7 +141,7 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
         "read_bandwidth_gbs": round(bandwidth, 1), "weights": weights,
         "bf16_limit_tokens_per_s": round(limit, 1),
         "engines": {},
-        **run_metadata("python -m pipelines " + shlex.join(sys.argv[1:])),
+        **run_metadata(args.command_line),
     }
     for name in args.engines.split(","):
         print(f"benchmarking {name}...", file=sys.stderr)

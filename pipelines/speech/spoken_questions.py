@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -140,7 +139,7 @@ def cmd_make_spoken_questions(args: argparse.Namespace) -> int:
     recipe = generate(Path(args.out), spider_dir, seed=args.seed,
                       counts={"train": args.train, "dev": args.dev, "test": args.test},
                       use_piper=not args.no_piper, progress=progress,
-                      command="python -m pipelines " + shlex.join(sys.argv[1:]))
+                      command=args.command_line)
     print(json.dumps({**recipe, "out": args.out, "elapsed_s": round(time.monotonic() - started, 1)}, indent=2))
     return 0
 

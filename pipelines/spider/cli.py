@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
 from pipelines.errors import BadInput
 from pipelines.sql.cli import add_model_arguments, profile_from_args, sql_engine_from_args
-
-
-def _command_line() -> str:
-    return "python -m pipelines " + shlex.join(sys.argv[1:])
 
 
 def _write_json(path: str | Path, data: dict) -> None:
@@ -35,7 +30,7 @@ def cmd_eval_spider(args: argparse.Namespace) -> int:
     summaries = []
     for path in paths:
         report = _evaluate_one_path(args, engine, path)
-        result = {**report.to_dict(), **run_metadata(_command_line()), "spider_dir": str(args.spider_dir)}
+        result = {**report.to_dict(), **run_metadata(args.command_line), "spider_dir": str(args.spider_dir)}
         if engine is not None:
             result["engine"] = {"engine": engine.info.engine, "device": engine.info.device,
                                 "dtype": engine.info.dtype}
@@ -114,7 +109,7 @@ def cmd_spider_hardness(args: argparse.Namespace) -> int:
     from pipelines.spider.hardness import hardness_agreement
 
     result = hardness_agreement(load_split(args.spider_dir, "dev"))
-    result = {**result, **run_metadata(_command_line())}
+    result = {**result, **run_metadata(args.command_line)}
     if args.out:
         _write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("compared", "agree", "agreement", "unparsed", "confusion")}))

@@ -165,7 +165,6 @@ def example_labels(database: str, questions: list[str], profile: str | None = No
 
 # -- CLI: `python -m pipelines verify-examples` ----------------------------------------------------------------------
 def cmd_verify_examples(args) -> int:
-    import shlex
     import sys
 
     from tqdm import tqdm
@@ -185,7 +184,7 @@ def cmd_verify_examples(args) -> int:
         result = verify_examples(engine, progress=progress, max_retries=args.retries, dialect=profile.sql_dialect)
     finally:
         bar.close()
-    result = {"profile": profile.name, **result, **run_metadata("python -m pipelines " + shlex.join(sys.argv[1:]))}
+    result = {"profile": profile.name, **result, **run_metadata(args.command_line)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str, ensure_ascii=False) + "\n", encoding="utf-8")

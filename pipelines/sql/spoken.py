@@ -47,27 +47,68 @@ def speech_sql_engine(profile: Profile, *, engine: str | None = None, url: str |
 
 
 # -- evaluation: typed vs cascade vs end to end ---------------------------------------------------------------------
-def evaluate_spoken(rows: list[dict], profile: Profile, *, text_engine, speech_engine, progress=None,
-                    **ask_kwargs) -> dict:
-    """Each spoken demo question (rows of make-spoken-questions' demo.jsonl) asked three ways over its demo
-    database: typed, cascade and end to end, each scored by execution match against its gold SQL."""
-    from pipelines.speech.audio import load_audio
-    from pipelines.sql.databases import DuckDBDatabase
-    from pipelines.sql.demo_data import ensure_demo_databases
-    from pipelines.sql.examples import rows_match
-    from pipelines.sql.pipeline import run_sql
+class SpokenScorer:
+    """The database a spoken question is about, and whether an answer to it is right, by execution match.
 
-    demos = ensure_demo_databases()
-    databases, typed, records = {}, {}, []
+    Demo rows (`demo.jsonl`, DuckDB gold) run on the bundled demo databases. Spider rows (`dev`/`test.jsonl`,
+    SQLite gold) run as the Spider evaluation's `--path duckdb` does: the gold in SQLite, the answer checked and
+    run on the app's DuckDB copy of the database."""
+
+    def __init__(self, spider_dir: str | None = None):
+        self.spider_dir = spider_dir
+        self.databases: dict[str, Database] = {}
+
+    def database(self, row: dict) -> Database:
+        if row["db_id"] not in self.databases:
+            if row.get("gold_dialect") == "sqlite":
+                from pipelines.spider.duckdb_path import open_duckdb_database
+
+                database = open_duckdb_database(self._sqlite_path(row), model_dialect="duckdb")
+            else:
+                from pipelines.sql.databases import DuckDBDatabase
+                from pipelines.sql.demo_data import ensure_demo_databases
+
+                database = DuckDBDatabase(ensure_demo_databases()[row["db_id"]].path, name=row["db_id"])
+            self.databases[row["db_id"]] = database
+        return self.databases[row["db_id"]]
+
+    def _sqlite_path(self, row: dict):
+        from pathlib import Path
+
+        from pipelines.training.sql_data import default_spider_dir
+
+        spider = Path(self.spider_dir) if self.spider_dir else default_spider_dir()
+        if spider is None:
+            raise ModelNotAvailable("Spider rows need the Spider folder: pass --spider-dir")
+        return spider / "database" / row["db_id"] / f"{row['db_id']}.sqlite"
+
+    def is_right(self, row: dict, answer: Answer) -> bool:
+        if row.get("gold_dialect") == "sqlite":
+            from pipelines.spider.duckdb_path import duckdb_exec_match
+
+            return duckdb_exec_match(self.database(row), self._sqlite_path(row), answer.sql, row["gold"]).correct
+        from pipelines.sql.examples import rows_match
+        from pipelines.sql.pipeline import run_sql
+
+        gold = run_sql(row["gold"], self.database(row))
+        return bool(answer.executed and answer.ok and not answer.truncated and
+                    rows_match(gold.rows, answer.rows, row["gold"]))
+
+
+def evaluate_spoken(rows: list[dict], profile: Profile, *, text_engine, speech_engine, progress=None,
+                    spider_dir: str | None = None, **ask_kwargs) -> dict:
+    """Each spoken question (rows of make-spoken-questions' demo, dev or test split) asked three ways: typed,
+    cascade and end to end, each scored by execution match against its gold SQL (see SpokenScorer)."""
+    from pipelines.speech.audio import load_audio
+
+    scorer = SpokenScorer(spider_dir)
+    typed, records = {}, []
     for number, row in enumerate(rows):
-        database = databases.setdefault(row["db_id"], DuckDBDatabase(demos[row["db_id"]].path, name=row["db_id"]))
-        gold = run_sql(row["gold"], database)
+        database = scorer.database(row)
         audio = load_audio(row["audio"])
 
         def score(answer: Answer) -> dict:
-            right = answer.executed and answer.ok and not answer.truncated and \
-                rows_match(gold.rows, answer.rows, row["gold"])
-            return {"correct": bool(right), "sql": answer.sql, "error": answer.error,
+            return {"correct": scorer.is_right(row, answer), "sql": answer.sql, "error": answer.error,
                     "seconds": round(answer.timings.total_ms / 1000, 2),
                     "transcript": (answer.spoken or {}).get("transcript")}
 
@@ -92,7 +133,6 @@ def evaluate_spoken(rows: list[dict], profile: Profile, *, text_engine, speech_e
 
 def cmd_eval_spoken(args) -> int:
     import json
-    import shlex
     import sys
     from pathlib import Path
 
@@ -103,6 +143,8 @@ def cmd_eval_spoken(args) -> int:
 
     profile = resolve_profile(args.profile, speech_sql_model=args.speech_model)
     rows = load_spoken_questions(args.data)
+    if args.sample:  # spread over the file (its rows come grouped by database)
+        rows = rows[::max(1, len(rows) // args.sample)][:args.sample]
     # one voice per question by default (voices rotate over the questions), all of them with --all-voices
     if not args.all_voices:
         by_question: dict[str, list[dict]] = {}
@@ -117,11 +159,12 @@ def cmd_eval_spoken(args) -> int:
 
     result = evaluate_spoken(rows, profile, text_engine=get_engine(profile.sql_model, profile.sql_adapter),
                              speech_engine=speech_sql_engine(profile), progress=progress,
+                             spider_dir=args.spider_dir,
                              max_retries=args.retries, dialect=profile.sql_dialect)
     result = {"profile": profile.name, "data": args.data, "speech_sql_model": profile.speech_sql_model,
               "sql_model": profile.sql_model, "sql_adapter": profile.sql_adapter, "asr_model": profile.asr_model,
               "max_retries": args.retries, **result,
-              **run_metadata("python -m pipelines " + shlex.join(sys.argv[1:]))}
+              **run_metadata(args.command_line)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     print(json.dumps({**result["summary"], "out": args.out}))
@@ -129,8 +172,10 @@ def cmd_eval_spoken(args) -> int:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("eval-spoken", help="spoken demo questions: typed vs cascade vs end to end")
-    parser.add_argument("--data", required=True, help="demo.jsonl of make-spoken-questions")
+    parser = subparsers.add_parser("eval-spoken", help="spoken questions: typed vs cascade vs end to end")
+    parser.add_argument("--data", required=True, help="demo.jsonl (or dev/test.jsonl: Spider) of make-spoken-questions")
+    parser.add_argument("--sample", type=int, help="N rows spread evenly over the file (default: all)")
+    parser.add_argument("--spider-dir", help="Spider's folder, for dev/test rows (default: the bundled one)")
     parser.add_argument("--out", default="results/spoken-demo-cpu.json")
     parser.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--speech-model", help="an Ultravox folder (default: the profile's)")

@@ -23,10 +23,6 @@ from pathlib import Path
 from pipelines.errors import BadInput
 
 
-def _command_line() -> str:
-    return "python -m pipelines " + shlex.join(sys.argv[1:])
-
-
 def _install_cancel_handlers(cancel: threading.Event) -> dict:
     """First SIGINT/SIGTERM: graceful stop with a checkpoint. Second SIGINT: abort."""
 
@@ -126,7 +122,7 @@ def cmd_train_sql(args: argparse.Namespace) -> int:
 
     previous = _install_cancel_handlers(cancel)
     try:
-        result = train_sql(config, progress, cancel, command=_command_line())
+        result = train_sql(config, progress, cancel, command=args.command_line)
     finally:
         bar.close()
         _restore_handlers(previous)
@@ -138,14 +134,14 @@ def cmd_train_sql(args: argparse.Namespace) -> int:
         return 130
     if eval_limit is not False:
         reports = _evaluate(result.adapter_dir, _spider_dir_for_eval(args, config), eval_limit, args.eval_seed,
-                            ("base", "adapter"))
+                            ("base", "adapter"), command=args.command_line)
         summary["evaluation"] = {kind: report.execution_accuracy for kind, report in reports.items()}
     print(json.dumps(summary, default=str))
     return 0
 
 
 def _evaluate(adapter_dir: str, spider_dir: str, limit: int | None, seed: int, which: tuple[str, ...],
-              predictions_dir: str | None = None) -> dict:
+              predictions_dir: str | None = None, *, command: str) -> dict:
     from tqdm import tqdm
 
     from pipelines.training.sql_sft import evaluate_adapter
@@ -163,7 +159,7 @@ def _evaluate(adapter_dir: str, spider_dir: str, limit: int | None, seed: int, w
     previous = _install_cancel_handlers(cancel)
     try:
         reports = evaluate_adapter(adapter_dir, spider_dir, limit=limit, seed=seed, which=which, progress=progress,
-                                   cancel=cancel, predictions_dir=predictions_dir, command=_command_line())
+                                   cancel=cancel, predictions_dir=predictions_dir, command=command)
     finally:
         for bar in bars.values():
             bar.close()
@@ -181,7 +177,8 @@ def cmd_eval_adapter(args: argparse.Namespace) -> int:
     which = ("base", "adapter") if args.only is None else (args.only,)
     if args.predictions_dir:
         Path(args.predictions_dir).mkdir(parents=True, exist_ok=True)
-    reports = _evaluate(args.adapter, args.spider_dir, args.limit, args.seed, which, args.predictions_dir)
+    reports = _evaluate(args.adapter, args.spider_dir, args.limit, args.seed, which, args.predictions_dir,
+                        command=args.command_line)
     print(json.dumps({kind: {"execution_accuracy": r.execution_accuracy, "scored": r.scored, "correct": r.correct,
                              "cancelled": r.cancelled} for kind, r in reports.items()}))
     return 130 if any(r.cancelled for r in reports.values()) else 0
@@ -203,7 +200,7 @@ def cmd_eval_analytics(args: argparse.Namespace) -> int:
                                 progress=lambda done, total: bar.update(done - bar.n))
     bar.close()
     report = {"model": engine.info.model, "adapter": profile.sql_adapter, "dialect": profile.sql_dialect,
-              "constrained": not args.no_constrain, **report, **run_metadata(_command_line())}
+              "constrained": not args.no_constrain, **report, **run_metadata(args.command_line)}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1, default=str))

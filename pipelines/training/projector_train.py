@@ -369,7 +369,6 @@ def train_projector(config: ProjectorTrainConfig, progress: ProgressCallback | N
 
 # -- the command ----------------------------------------------------------------------------------------------------
 def cmd_train_projector(args) -> int:
-    import shlex
     import sys
 
     from pipelines.training.cli import _install_cancel_handlers, _restore_handlers
@@ -386,7 +385,7 @@ def cmd_train_projector(args) -> int:
     previous = _install_cancel_handlers(cancel)  # Ctrl-C stops after the step and keeps the checkpoint
     try:
         record = train_projector(config, lambda event: print(event.message, file=sys.stderr), cancel,
-                                 command="python -m pipelines " + shlex.join(sys.argv[1:]))
+                                 command=args.command_line)
     finally:
         _restore_handlers(previous)
     print(json.dumps({key: record[key] for key in ("status", "steps", "max_steps", "wall_time_s")}
