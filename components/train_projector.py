@@ -88,10 +88,12 @@ def projector_config(data: str, name: str, values) -> ProjectorTrainConfig:
     return ProjectorTrainConfig(data=data, output_dir=str(projectors_root() / name), **overrides)
 
 
-def start_training(data: str, name: str, *values):
-    """Train a projector; yields (status, log, loss plot). The numbers are FIELDS, in order."""
+def start_training(data: str, name: str, ctc_steps: float, kd_steps: float, batch_size: float,
+                   learning_rate: float, max_clips: float):
+    """Train a projector; yields (status, log, loss plot). The numbers are FIELDS, in order (named, so the API's
+    parameters are)."""
     try:
-        config = projector_config(data, name, values)
+        config = projector_config(data, name, [ctc_steps, kd_steps, batch_size, learning_rate, max_clips])
         job = jobs.start("projector training", lambda job: train_projector(config, job.events.append, job.cancel))
     except BadInput as error:
         yield error_markdown(str(error)), gr.skip(), gr.skip()
