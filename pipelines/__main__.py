@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "pipelines.training.cli",
     "pipelines.training.tags_cli",
     "pipelines.engine.bench",
+    "pipelines.bench_space",
 ]
 
 

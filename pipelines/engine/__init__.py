@@ -1,6 +1,7 @@
 """Generation engines: one way in (`get_engine`), chosen by name, and the process-wide cache of loaded ones.
 
     get_engine(model, adapter)                      the engine named by VOXQL_ENGINE (default: transformers)
+    get_engine(model, adapter, engine="llamacpp")   llama.cpp in this process, on the model's GGUF file
     get_engine(model, adapter, engine="vllm")       a local vLLM server, started and supervised for you
     get_engine(model, adapter, engine="openai", url="http://host:8000/v1")   any OpenAI-compatible server
 
@@ -98,6 +99,14 @@ def _transformers(model: str, adapter: str | None, url: str | None) -> Engine:
     return TransformersEngine(model, adapter)
 
 
+def _llamacpp(model: str, adapter: str | None, url: str | None) -> Engine:
+    if url:
+        raise BadInput("the llamacpp engine runs in this process; a URL needs --engine openai or vllm")
+    from pipelines.engine.llamacpp_engine import LlamaCppEngine
+
+    return LlamaCppEngine(model, adapter)
+
+
 def _vllm(model: str, adapter: str | None, url: str | None) -> Engine:
     from pipelines.engine.vllm_engine import VLLMEngine
     from pipelines.speech.ultravox import is_ultravox
@@ -115,6 +124,8 @@ def _openai(model: str, adapter: str | None, url: str | None) -> Engine:
 
 
 register_engine("transformers", _transformers, "in-process transformers + PEFT (CPU or CUDA); the default")
+register_engine("llamacpp", _llamacpp, "in-process llama.cpp on the GGUF model (CPU): the fastest on a CPU; "
+                                       "needs `pip install -r requirements-llamacpp.txt`")
 register_engine("vllm", _vllm, "vLLM: a local server started from `bash scripts/install-vllm.sh`'s venv, "
                                "or the one at --engine-url")
 register_engine("openai", _openai, "any OpenAI-compatible server at --engine-url (vLLM, SGLang, TGI...)")

@@ -15,7 +15,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=["cpu", "gpu"], help="model profile (default: gpu with CUDA, else cpu)")
     parser.add_argument("--model", help="model id or local path (overrides the profile and VOXQL_SQL_MODEL)")
     parser.add_argument("--adapter", help="LoRA adapter id or path, or 'none' for the base model")
-    parser.add_argument("--engine", help="generation engine: transformers (default), vllm or openai "
+    parser.add_argument("--engine", help="generation engine: transformers (default), llamacpp, vllm or openai "
                                          "(or VOXQL_ENGINE); see the README's Engines table")
     parser.add_argument("--engine-url", help="an OpenAI-compatible server to use, e.g. http://host:8000/v1 "
                                              "(or VOXQL_ENGINE_URL); alone it means --engine openai")
