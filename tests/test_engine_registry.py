@@ -50,7 +50,7 @@ def echo_registered(monkeypatch):
 
 
 def test_builtin_engines_are_registered_with_descriptions():
-    assert {"transformers", "vllm", "openai"} <= set(engine_names())
+    assert {"transformers", "llamacpp", "vllm", "openai"} <= set(engine_names())
     assert all(engine_names().values())
 
 

@@ -102,6 +102,10 @@ def _transformers(model: str, adapter: str | None, url: str | None) -> Engine:
 def _llamacpp(model: str, adapter: str | None, url: str | None) -> Engine:
     if url:
         raise BadInput("the llamacpp engine runs in this process; a URL needs --engine openai or vllm")
+    from pipelines.speech.ultravox import is_ultravox
+
+    if is_ultravox(model):  # llama.cpp takes no audio here: the speech-in model stays on transformers
+        return _transformers(model, adapter, url)
     from pipelines.engine.llamacpp_engine import LlamaCppEngine
 
     return LlamaCppEngine(model, adapter)

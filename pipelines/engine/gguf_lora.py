@@ -88,8 +88,11 @@ def cached_gguf_adapter(adapter_dir: str | Path, *, heads: int, kv_heads: int) -
 
 def merge_into_gguf(base_gguf: str | Path, adapter_gguf: str | Path, out_path: str | Path) -> Path:
     """A copy of the base GGUF with a GGUF LoRA added into its weights: W + alpha/r * B @ A for every projection
-    the adapter has, stored as Q8_0 (the 4-bit grid of the base would round the adapter's small changes away);
-    every other tensor and all metadata are copied as they are."""
+    the adapter has, stored as F16; every other tensor and all metadata are copied as they are.
+
+    Why F16: the base's 4-bit grid would round the adapter's small changes away, and Q8_0 still lost answers
+    (21 right of 94 on the seeded Spider-dev sample, against 27 through transformers); F16 keeps them and, with
+    llama.cpp's F16 kernels, prefills faster than either quantised form on this CPU."""
     import gguf
 
     base, adapter = gguf.GGUFReader(str(base_gguf)), gguf.GGUFReader(str(adapter_gguf))
@@ -103,7 +106,7 @@ def merge_into_gguf(base_gguf: str | Path, adapter_gguf: str | Path, out_path: s
             continue
         sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(name, field.contents(), field.types[0], sub_type=sub_type)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     for tensor in base.tensors:
         shape = tuple(int(n) for n in reversed(tensor.shape))  # (out, in), as numpy orders it
         a, b = lora.get(f"{tensor.name}.lora_a"), lora.get(f"{tensor.name}.lora_b")
@@ -114,8 +117,7 @@ def merge_into_gguf(base_gguf: str | Path, adapter_gguf: str | Path, out_path: s
         lora_b = np.asarray(b.data, dtype=np.float32).reshape(tuple(int(n) for n in reversed(b.shape)))
         weights = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(shape)
         weights = weights + (alpha / lora_a.shape[0]) * (lora_b @ lora_a)
-        quantized = gguf.quants.quantize(weights.astype(np.float32), gguf.GGMLQuantizationType.Q8_0)
-        writer.add_tensor(tensor.name, quantized, raw_shape=quantized.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        writer.add_tensor(tensor.name, weights.astype(np.float16))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

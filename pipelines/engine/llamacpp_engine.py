@@ -7,15 +7,16 @@ for one-token decoding.
 Two llama.cpp models, as the transformers engine keeps two:
 - the base GGUF as it ships, for the base model and for every adapter but the default one: each PEFT adapter is
   converted once to a GGUF LoRA (`gguf_lora.py`) and switched per request, so comparisons need no reload;
-- the default adapter merged into a Q8_0 copy of the base (`merge_into_gguf`, cached): the answer path then
-  reads one set of weights instead of base plus LoRA (measured here: 110 against 85 tokens/s, and its prefill
-  is twice as fast). `VOXQL_MERGE_ADAPTER=0` turns it off.
+- the default adapter merged into an F16 copy of the base's projections (`merge_into_gguf`, cached): the answer
+  path then reads one set of weights instead of base plus LoRA (measured here: 90 against 85 tokens/s decode,
+  and twice as fast a prefill). `VOXQL_MERGE_ADAPTER=0` turns it off.
 Each keeps the KV cache of its last prompt, so a prompt that shares its prefix (the same database's schema, a
 retry) only evaluates the rest. The prompt is built and the text decoded with the model's Hugging Face tokenizer,
 which also drives the grammar (the transformers engine's `GrammarLogitsProcessor`, on one row).
 
 Every llama.cpp call runs on the engine's one worker thread (`_call`): there is one generation at a time per
-engine, and a stream's consumer (a Gradio handler on any thread) only reads a queue.
+engine, and a stream's consumer (a Gradio handler on any thread) only reads a queue. (With an OpenMP build of
+llama.cpp, calls from changing threads also ran three times slower; install.sh builds it without OpenMP.)
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ class LlamaCppEngine(Engine):
             self._call(lambda: setattr(self, "_merged", None))
             return
         adapter_gguf = self._loras[name][1]
-        merged_path = cache_dir() / "gguf-merged" / f"{self.gguf_path.stem}+{adapter_gguf.stem}.Q8_0.gguf"
+        merged_path = cache_dir() / "gguf-merged" / f"{self.gguf_path.stem}+{adapter_gguf.stem}.F16.gguf"
         if not merged_path.is_file():
             merged_path.parent.mkdir(parents=True, exist_ok=True)
             merge_into_gguf(self.gguf_path, adapter_gguf, merged_path)
