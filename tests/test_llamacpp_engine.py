@@ -48,7 +48,7 @@ def concert_singer():
 def _next_token_logits(engine, messages, adapter) -> np.ndarray:
     def logits():
         llm = engine._model_for(adapter)
-        engine._prefill(llm, engine._prompt_ids(messages))
+        engine._prefill(llm, engine._prompt_ids(messages), adapter)
         return engine._logits(llm).copy()
 
     return engine._call(logits)
@@ -144,6 +144,28 @@ def test_a_shared_prefix_is_not_evaluated_again(engine):
     finally:
         merged.eval = original
     assert evaluated[0] == len(second) - shared
+
+
+def test_a_prompt_from_a_few_questions_ago_is_restored(engine):
+    """Questions on two databases in turn: each finds its schema's KV cache saved, not only the last prompt's."""
+    def on(schema, question):
+        return [{"role": "system", "content": f"Tables: {schema}." * 20}, {"role": "user", "content": question}]
+
+    singers, stadiums = "singer(singer_id, name, country, age)", "stadium(stadium_id, name, capacity)"
+    params = SamplingParams(max_new_tokens=4)
+    [[before]] = engine.generate([on(singers, "Oldest singer?")], params, adapter=None)
+    engine.generate([on(singers, "How many singers?")], params, adapter=None)
+    engine.generate([on(stadiums, "Largest stadium?")], params, adapter=None)
+    hits, evaluated = engine.prompt_cache.hits, []
+    original = engine.llm.eval
+    engine.llm.eval = lambda tokens: (evaluated.append(len(tokens)), original(tokens))[1]
+    try:
+        [[after]] = engine.generate([on(singers, "Oldest singer?")], params, adapter=None)
+    finally:
+        engine.llm.eval = original
+    assert engine.prompt_cache.hits == hits + 1
+    assert evaluated[0] == 1  # the whole prompt was saved: only its last token runs again, for the logits
+    assert after.text == before.text
 
 
 def test_sampling_is_seeded_and_gives_n_per_prompt(engine):
