@@ -67,6 +67,23 @@ def tiny_llama_dir(tmp_path_factory, embedded_model_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def cpu_profile():
+    from pipelines.profiles import resolve_profile
+
+    return resolve_profile("cpu")
+
+
+@pytest.fixture(scope="session")
+def concert_singer():
+    """The bundled concert_singer demo database, as the app opens it."""
+    from pipelines.sql.databases import DuckDBDatabase
+    from pipelines.sql.demo_data import ensure_demo_databases
+
+    demo = ensure_demo_databases()["concert_singer"]
+    return DuckDBDatabase(demo.path, name=demo.name)
+
+
+@pytest.fixture(scope="session")
 def shop_db(tmp_path_factory) -> Path:
     """A small shop database built by the production builder."""
     from pipelines.sql.demo_data import build_shop

@@ -16,33 +16,21 @@ from pipelines.engine import SamplingParams, get_engine
 from pipelines.engine.adapters import ensure_adapter
 from pipelines.engine.llamacpp_engine import llamacpp_available
 from pipelines.errors import ModelNotAvailable
-from pipelines.profiles import ASSETS_DIR, resolve_profile
-from pipelines.sql.databases import DuckDBDatabase
+from pipelines.profiles import ASSETS_DIR
 from pipelines.sql.demo_data import ensure_demo_databases
 from pipelines.sql.pipeline import ask
 
 pytestmark = pytest.mark.skipif(
     not llamacpp_available() and os.environ.get("VOXQL_REQUIRE_LLAMACPP") != "1",
-    reason="llama-cpp-python is not installed (pip install -r requirements-llamacpp.txt)")
+    reason="llama-cpp-python is not installed (bash scripts/install.sh builds it)")
 
 SPIDER_ADAPTER = ASSETS_DIR / "adapters" / "smollm2-135m-spider-lora"
 QUESTION = [{"role": "user", "content": "How many singers do we have? Answer with SQL."}]
 
 
 @pytest.fixture(scope="module")
-def profile():
-    return resolve_profile("cpu")
-
-
-@pytest.fixture(scope="module")
-def engine(profile):
-    return get_engine(profile.sql_model, profile.sql_adapter, engine="llamacpp")
-
-
-@pytest.fixture(scope="module")
-def concert_singer():
-    demo = ensure_demo_databases()["concert_singer"]
-    return DuckDBDatabase(demo.path, name=demo.name)
+def engine(cpu_profile):
+    return get_engine(cpu_profile.sql_model, cpu_profile.sql_adapter, engine="llamacpp")
 
 
 def _next_token_logits(engine, messages, adapter) -> np.ndarray:
@@ -73,23 +61,22 @@ def test_rotary_permute_is_the_gguf_layout_of_q_and_k(embedded_model_dir):
             np.testing.assert_allclose(stored, rotary_permute(hf.get_tensor(hf_name).astype(np.float32), heads))
 
 
-def test_the_adapter_moves_the_logits_as_peft_does(engine, embedded_model_dir, profile):
-    """Same next-token logits as transformers + PEFT in fp32 (llama.cpp rounds activations to 8 bits in its
-    matrix products, so close, not equal) for the base, for the adapter merged into the Q8_0 copy (the default
-    adapter's requests) and for the same adapter as a LoRA switched on the base (any other adapter's)."""
+def test_the_adapter_moves_the_logits_as_peft_does(engine, embedded_model_dir, cpu_profile):
+    """Same next-token logits as transformers + PEFT in fp32 (llama.cpp rounds activations in its quantised
+    products, so close, not equal) for the base, for the adapter merged into the F16 copy (the default adapter's
+    requests) and for the same adapter as a LoRA switched on the base (any other adapter's)."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32),
-                                      profile.sql_adapter).eval()
+                                      cpu_profile.sql_adapter).eval()
     ids = torch.tensor([engine._prompt_ids(QUESTION)])
     with torch.inference_mode():
         with_adapter = model(ids).logits[0, -1].numpy()
         with model.disable_adapter():
             base = model(ids).logits[0, -1].numpy()
-    engine.load_adapter(profile.sql_adapter, "default-as-lora")
+    engine.load_adapter(cpu_profile.sql_adapter, "default-as-lora")
     ours_base = _next_token_logits(engine, QUESTION, None)
     assert engine._merged[0] == "default"
     for adapter in ("default", "default-as-lora"):
@@ -100,9 +87,9 @@ def test_the_adapter_moves_the_logits_as_peft_does(engine, embedded_model_dir, p
     assert np.corrcoef(ours_base, base)[0, 1] > 0.995
 
 
-def test_a_question_is_answered_through_the_adapter_with_the_schema_grammar(engine, profile, concert_singer):
+def test_a_question_is_answered_through_the_adapter_with_the_schema_grammar(engine, cpu_profile, concert_singer):
     assert engine.info.engine.startswith("llama.cpp") and engine.info.dtype == "Q4_1 GGUF"
-    answer = ask("How many singers do we have?", concert_singer, engine, dialect=profile.sql_dialect)
+    answer = ask("How many singers do we have?", concert_singer, engine, dialect=cpu_profile.sql_dialect)
     assert answer.constrained == "on" and answer.attempts[0].grammar == "followed"
     assert answer.executed and answer.ok, answer.to_dict()
     assert answer.rows == [list(row) for row in concert_singer.run("SELECT count(*) FROM singer").rows]

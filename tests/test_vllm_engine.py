@@ -14,8 +14,7 @@ import pytest
 
 from pipelines.engine import SamplingParams, get_engine
 from pipelines.engine.vllm_engine import vllm_venv
-from pipelines.profiles import ASSETS_DIR, resolve_profile
-from pipelines.sql.databases import DuckDBDatabase
+from pipelines.profiles import ASSETS_DIR
 from pipelines.sql.demo_data import ensure_demo_databases
 from pipelines.sql.pipeline import ask
 
@@ -27,30 +26,19 @@ SPIDER_ADAPTER = ASSETS_DIR / "adapters" / "smollm2-135m-spider-lora"
 
 
 @pytest.fixture(scope="module")
-def profile():
-    return resolve_profile("cpu")
+def engine(cpu_profile):
+    return get_engine(cpu_profile.sql_model, cpu_profile.sql_adapter, engine="vllm")
 
 
-@pytest.fixture(scope="module")
-def engine(profile):
-    return get_engine(profile.sql_model, profile.sql_adapter, engine="vllm")
-
-
-@pytest.fixture(scope="module")
-def concert_singer():
-    demo = ensure_demo_databases()["concert_singer"]
-    return DuckDBDatabase(demo.path, name=demo.name)
-
-
-def test_server_serves_the_base_and_the_profile_adapter_by_name(engine, profile):
+def test_server_serves_the_base_and_the_profile_adapter_by_name(engine, cpu_profile):
     assert engine.info.engine.startswith("vLLM ") and engine.server.process.poll() is None
     assert engine.info.default_adapter == "default"
-    assert engine.info.adapters["default"] == profile.sql_adapter
+    assert engine.info.adapters["default"] == cpu_profile.sql_adapter
     assert engine.capabilities.grammar and engine.capabilities.runtime_adapter_loading
 
 
-def test_a_question_is_answered_through_the_adapter_with_the_schema_grammar(engine, profile, concert_singer):
-    answer = ask("How many singers do we have?", concert_singer, engine, dialect=profile.sql_dialect)
+def test_a_question_is_answered_through_the_adapter_with_the_schema_grammar(engine, cpu_profile, concert_singer):
+    answer = ask("How many singers do we have?", concert_singer, engine, dialect=cpu_profile.sql_dialect)
     assert answer.constrained == "on" and answer.attempts[0].grammar == "followed"
     assert answer.executed and answer.ok, answer.to_dict()
     assert answer.rows == [list(row) for row in concert_singer.run("SELECT count(*) FROM singer").rows]
@@ -88,7 +76,7 @@ def test_an_adapter_loads_while_the_server_runs(engine):
     assert reply.text.strip() and reply.finish_reason in {"stop", "length"}
 
 
-def test_the_cli_answers_through_the_server_as_a_remote_one(engine, profile, concert_singer):
+def test_the_cli_answers_through_the_server_as_a_remote_one(engine, cpu_profile, concert_singer):
     """`--engine-url`: the same server, reached as any OpenAI-compatible endpoint on another port would be."""
     command = [sys.executable, "-m", "pipelines", "sql", "--profile", "cpu", "--engine-url", engine.server.url,
                "--db", str(ensure_demo_databases()["concert_singer"].path), "--question", "How many singers do we have?"]

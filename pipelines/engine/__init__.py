@@ -129,7 +129,7 @@ def _openai(model: str, adapter: str | None, url: str | None) -> Engine:
 
 register_engine("transformers", _transformers, "in-process transformers + PEFT (CPU or CUDA); the default")
 register_engine("llamacpp", _llamacpp, "in-process llama.cpp on the GGUF model (CPU): the fastest on a CPU; "
-                                       "needs `pip install -r requirements-llamacpp.txt`")
+                                       "built by `bash scripts/install.sh`")
 register_engine("vllm", _vllm, "vLLM: a local server started from `bash scripts/install-vllm.sh`'s venv, "
                                "or the one at --engine-url")
 register_engine("openai", _openai, "any OpenAI-compatible server at --engine-url (vLLM, SGLang, TGI...)")

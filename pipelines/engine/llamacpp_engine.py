@@ -40,7 +40,7 @@ from pipelines.engine.loading import EMBEDDED_SMOLLM2, _SMOLLM2_GGUF, _package_d
 from pipelines.errors import BadInput, ModelNotAvailable
 from pipelines.profiles import cache_dir
 
-INSTALL_HINT = "pip install -r requirements-llamacpp.txt (a source build of llama-cpp-python, a few minutes)"
+INSTALL_HINT = "bash scripts/install.sh builds it (llama-cpp-python from source, about 6 minutes, once)"
 CONTEXT_TOKENS = 8192  # SmolLM2's trained context
 
 
