@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,12 +27,6 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "results"
 CPU_BASIC_MEMORY_MB = 16 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def tree_rss_mb(root: int) -> float:
@@ -98,7 +91,9 @@ def bench_space(question: str, database: str, *, timeout_s: float, cache: Path, 
     """Start app.py as a Space, wait for the page, ask one question through the API, stop it."""
     from gradio_client import Client
 
-    port = _free_port()
+    from pipelines.engine.vllm_engine import free_port
+
+    port = free_port()
     env = {**os.environ, "SPACE_ID": "voxql/bench-space", "VOXQL_CACHE": str(cache), "VOXQL_PROFILE": "cpu",
            "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
     url = f"http://127.0.0.1:{port}/"

@@ -56,7 +56,8 @@ def vllm_python() -> Path:
     return python
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nothing on this host listens on now (for a server this process starts)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -112,7 +113,7 @@ class VLLMServer:
     """One local vLLM server process: started, waited for, stopped."""
 
     def __init__(self, model_spec: str, adapter_path: str | None):
-        self.port = int(os.environ.get("VOXQL_VLLM_PORT") or _free_port())
+        self.port = int(os.environ.get("VOXQL_VLLM_PORT") or free_port())
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = cache_dir() / "vllm" / f"server-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
