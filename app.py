@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", choices=["cpu", "gpu"], help="default: gpu with CUDA, else cpu (or VOXQL_PROFILE)")
     parser.add_argument("--model", help="SQL model id or path (or VOXQL_SQL_MODEL)")
     parser.add_argument("--adapter", help="SQL adapter id or path, or 'none' (or VOXQL_SQL_ADAPTER)")
-    parser.add_argument("--engine", help="transformers (default), llamacpp, vllm or openai (or VOXQL_ENGINE)")
+    parser.add_argument("--engine", help="llamacpp, transformers, vllm or openai (or VOXQL_ENGINE); default: llamacpp "
+                                         "for the embedded model where scripts/install.sh built it, else transformers")
     parser.add_argument("--engine-url", help="an OpenAI-compatible server to use (or VOXQL_ENGINE_URL)")
     parser.add_argument("--no-warm-up", action="store_true", help="load models on first use instead of at start")
     args = parser.parse_args(argv)

@@ -174,9 +174,14 @@ def _attempts(answer: Answer) -> str:
     """Every attempt, so a self-correction shows what it changed and why."""
     unavailable = answer.constrained not in ("on", "off")  # it says why
     fell_back = any(a.grammar == "fell back" for a in answer.attempts)
-    if len(answer.attempts) < 2 and not (unavailable or fell_back):
+    if len(answer.attempts) < 2 and not (unavailable or fell_back or answer.vote):
         return ""  # one attempt that ran as asked: the SQL and status above say it all
     lines = [f"Schema-constrained decoding {answer.constrained}."] if unavailable else []
+    if answer.vote:
+        vote = answer.vote
+        lines.append(f"Voted over {vote['candidates']} candidates ({vote['executed']} ran): {vote['votes']} gave "
+                     f"this result; chosen: the {vote['chosen']} reply." if vote["votes"] else
+                     f"Voted over {vote['candidates']} candidates: none ran.")
     for number, attempt in enumerate(answer.attempts, 1):
         how = attempt.decoding + (", grammar dead-ended: decoded freely" if attempt.grammar == "fell back" else "")
         outcome = f"failed: {attempt.error}" if attempt.error else "ran"
@@ -242,7 +247,8 @@ def _answer_stream(ctx, question, database, adapter, constrain, value_hints, ses
         options = _ask_options(profile, adapter, constrain, value_hints)
         for event in ask_stream(question, db, engine, adapter=None if adapter == BASE else adapter, **options):
             if isinstance(event, Progress):
-                note = f"Generating (attempt {event.attempt})…" if event.stage == "generating" else "Running…"
+                note = {"generating": f"Generating (attempt {event.attempt})…", "executing": "Running…"}.get(
+                    event.stage, event.stage.capitalize() + "…")
                 yield (event.sql, note, *[gr.skip()] * 8)
             else:
                 yield _finished(ctx, event, history, engine, adapter)

@@ -164,6 +164,37 @@ def test_sampling_is_seeded_and_gives_n_per_prompt(engine):
     assert len({g.text for g in first[0]}) > 1
 
 
+def test_a_batch_decodes_its_rows_together_and_each_gets_its_own_answer(engine, concert_singer):
+    """Three questions in one generate call: one llama.cpp decode per token for all three rows, and each row's
+    SQL is the one it gets alone, on the merged default adapter and on a LoRA switched on the base. (The base
+    alone writes no SQL: its near-tied choices make an exact comparison meaningless.)"""
+    from pipelines.engine.llamacpp_engine import BatchContext
+    from pipelines.sql.grammar import sql_grammar
+    from pipelines.sql.pipeline import question_messages
+
+    questions = ["How many singers do we have?", "List the names of the stadiums.", "What is the oldest age?"]
+    conversations = [question_messages(question, concert_singer) for question in questions]
+    params = SamplingParams(max_new_tokens=24, grammar=sql_grammar(concert_singer.schema))
+    rows_per_call = []
+    original = BatchContext.decode
+
+    def counting(context, tokens):
+        rows_per_call.append(len({row for _, _, row, _ in tokens}))
+        return original(context, tokens)
+
+    for adapter in ("default", ensure_adapter(engine, SPIDER_ADAPTER)):
+        alone = [engine.generate([messages], params, adapter=adapter)[0][0] for messages in conversations]
+        rows_per_call.clear()
+        BatchContext.decode = counting
+        try:
+            together = [samples[0] for samples in engine.generate(conversations, params, adapter=adapter)]
+        finally:
+            BatchContext.decode = original
+        assert [g.text for g in together] == [g.text for g in alone], adapter
+        assert all(g.grammar == "followed" for g in together)
+        assert rows_per_call and rows_per_call[0] == 3 and max(rows_per_call[1:]) == 3
+
+
 def test_cancel_stops_a_stream(engine):
     stream = engine.stream(QUESTION, SamplingParams(max_new_tokens=200, temperature=1.0, seed=1), adapter=None)
     iterator = iter(stream)

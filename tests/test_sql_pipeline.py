@@ -133,3 +133,60 @@ def test_a_busy_sandbox_is_answered_at_once_without_asking_the_model_again(shop_
     answer = ask(TAUGHT_QUESTION, DuckDBDatabase(shop_db), engine, max_retries=2, constrain=False)
     assert answer.error.startswith("busy:") and "try again" in answer.error
     assert len(answer.attempts) == 1 and len(engine.prompts) == 1  # no retry: the query was fine
+
+
+def _voting_engine(greedy: str, samples: list[str]):
+    """The scripted engine with a greedy reply, and these replies for the n sampled candidates."""
+    from pipelines.engine import Generation
+    from tests.test_spider_evaluate import ScriptedEngine
+
+    class SampledEngine(ScriptedEngine):
+        def generate(self, conversations, params, *, adapter=None):
+            self.sample_params = params
+            return [[Generation(sample, 5, "stop") for sample in samples[:params.n]] for _ in conversations]
+
+    return SampledEngine({TAUGHT_QUESTION: greedy})
+
+
+WRONG = "SELECT count(*) AS customers FROM customers WHERE id < 0"
+BROKEN = "SELECT nothing FROM nowhere"
+
+
+def test_candidates_vote_by_result_and_the_majority_wins(shop):
+    engine = _voting_engine(WRONG, [TAUGHT_SQL, BROKEN, "SELECT COUNT(id) FROM customers", TAUGHT_SQL])
+    answer = ask(TAUGHT_QUESTION, shop, engine, candidates=5, max_retries=0, constrain=False)
+    assert engine.sample_params.n == 4 and engine.sample_params.temperature > 0
+    assert answer.ok and answer.rows == [[50]] and answer.sql.lower() == TAUGHT_SQL.lower()
+    written = [WRONG, TAUGHT_SQL, BROKEN, "SELECT COUNT(id) FROM customers", TAUGHT_SQL]
+    assert [sql.lower() for sql in answer.vote.pop("sql")] == [sql.lower() for sql in written]  # as normalised
+    assert answer.vote == {"candidates": 5, "executed": 4, "votes": 3, "chosen": "sample 1"}
+    assert [a.decoding for a in answer.attempts] == ["sampled (vote 1)"]
+
+
+def test_a_tie_goes_to_the_greedy_reply_and_errors_never_vote(shop):
+    engine = _voting_engine(WRONG, [BROKEN, BROKEN, TAUGHT_SQL])
+    answer = ask(TAUGHT_QUESTION, shop, engine, candidates=4, max_retries=0, constrain=False)
+    assert answer.ok and answer.rows == [[0]] and answer.vote["chosen"] == "greedy" and answer.vote["votes"] == 1
+    assert answer.vote["executed"] == 2
+
+
+def test_when_no_candidate_runs_the_answer_is_the_greedy_error(shop):
+    engine = _voting_engine(BROKEN, [BROKEN, "no sql here"])
+    answer = ask(TAUGHT_QUESTION, shop, engine, candidates=3, max_retries=0, constrain=False)
+    assert not answer.ok and not answer.executed and answer.rows == []
+    assert answer.vote["executed"] == 0 and answer.vote["chosen"] == "greedy"
+    assert answer.error == answer.attempts[0].error and "nowhere" in answer.error
+
+
+def test_candidates_are_sampled_by_the_real_engine_under_the_grammar(engine, shop):
+    answer = ask(TAUGHT_QUESTION, shop, engine, candidates=3, max_retries=0)
+    assert answer.ok and answer.rows == [[50]], answer.vote
+    assert answer.vote["candidates"] == 3 and answer.vote["votes"] >= 1 and len(answer.vote["sql"]) == 3
+
+
+def test_a_result_with_rows_outvotes_empty_ones(shop):
+    nothing = "SELECT id FROM customers WHERE id < 0"
+    engine = _voting_engine(nothing, [nothing, "SELECT id FROM customers WHERE id = 1"])
+    answer = ask(TAUGHT_QUESTION, shop, engine, candidates=3, max_retries=0, constrain=False)
+    assert answer.rows == [[1]] and answer.vote["chosen"] == "sample 2" and answer.vote["votes"] == 1
+    assert answer.vote["executed"] == 3

@@ -1,6 +1,8 @@
 """Generation engines: one way in (`get_engine`), chosen by name, and the process-wide cache of loaded ones.
 
-    get_engine(model, adapter)                      the engine named by VOXQL_ENGINE (default: transformers)
+    get_engine(model, adapter)                      the engine named by VOXQL_ENGINE, else the default: llamacpp
+                                                    for a GGUF model (the embedded one) when llama-cpp-python is
+                                                    installed, transformers otherwise
     get_engine(model, adapter, engine="llamacpp")   llama.cpp in this process, on the model's GGUF file
     get_engine(model, adapter, engine="vllm")       a local vLLM server, started and supervised for you
     get_engine(model, adapter, engine="openai", url="http://host:8000/v1")   any OpenAI-compatible server
@@ -12,6 +14,7 @@ guessing. The cache of loaded engines is the only mutable module state (models).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from collections.abc import Callable
@@ -21,7 +24,7 @@ from pipelines.engine.base import (DEFAULT_ADAPTER, Capabilities, Engine, Engine
 from pipelines.errors import BadInput, VoxQLError
 
 __all__ = ["DEFAULT_ADAPTER", "Capabilities", "Engine", "EngineInfo", "Generation", "Message", "SamplingParams",
-           "TextStream", "ENGINE_ENV", "ENGINE_URL_ENV", "register_engine", "engine_names", "engine_choice",
+           "TextStream", "ENGINE_ENV", "ENGINE_URL_ENV", "register_engine", "engine_names", "engine_choice", "default_engine",
            "get_engine", "loaded_engine", "load_error"]
 
 ENGINE_ENV = "VOXQL_ENGINE"
@@ -45,17 +48,27 @@ def engine_names() -> dict[str, str]:
     return {name: description for name, (_, description) in _registry.items()}
 
 
-def engine_choice(engine: str | None = None, url: str | None = None) -> tuple[str, str | None]:
-    """(engine name, url) from the arguments, else VOXQL_ENGINE / VOXQL_ENGINE_URL. A URL alone means `openai`."""
+def default_engine(model: str | None = None) -> str:
+    """llamacpp for a GGUF model (the embedded SmolLM2 is one) where llama-cpp-python is installed: on a CPU it
+    decodes about six times as fast as transformers (results/bench-engine.json). transformers otherwise."""
+    from pipelines.engine.loading import EMBEDDED_SMOLLM2
+
+    gguf = model is not None and (model == EMBEDDED_SMOLLM2 or model.endswith(".gguf"))
+    return "llamacpp" if gguf and importlib.util.find_spec("llama_cpp") is not None else DEFAULT_ENGINE
+
+
+def engine_choice(engine: str | None = None, url: str | None = None, model: str | None = None) -> tuple[str, str | None]:
+    """(engine name, url) from the arguments, else VOXQL_ENGINE / VOXQL_ENGINE_URL, else the default for `model`.
+    A URL alone means `openai`."""
     url = url or os.environ.get(ENGINE_URL_ENV) or None
-    name = engine or os.environ.get(ENGINE_ENV) or ("openai" if url else DEFAULT_ENGINE)
+    name = engine or os.environ.get(ENGINE_ENV) or ("openai" if url else default_engine(model))
     if name not in _registry:
         raise BadInput(f"unknown engine {name!r}; choose one of: {', '.join(_registry)}")
     return name, url
 
 
 def _key(model: str, adapter: str | None, engine: str | None, url: str | None) -> tuple:
-    return (*engine_choice(engine, url), model, adapter)
+    return (*engine_choice(engine, url, model), model, adapter)
 
 
 def get_engine(model: str, adapter: str | None = None, *, engine: str | None = None, url: str | None = None) -> Engine:
@@ -127,9 +140,10 @@ def _openai(model: str, adapter: str | None, url: str | None) -> Engine:
     return OpenAIEngine(model, adapter, url=url, audio_input=is_ultravox(model))
 
 
-register_engine("transformers", _transformers, "in-process transformers + PEFT (CPU or CUDA); the default")
-register_engine("llamacpp", _llamacpp, "in-process llama.cpp on the GGUF model (CPU): the fastest on a CPU; "
-                                       "built by `bash scripts/install.sh`")
+register_engine("transformers", _transformers, "in-process transformers + PEFT (CPU or CUDA); the default for "
+                                               "models that are not GGUF files")
+register_engine("llamacpp", _llamacpp, "in-process llama.cpp on the GGUF model (CPU): the fastest on a CPU, and the "
+                                       "default for the embedded model once `bash scripts/install.sh` has built it")
 register_engine("vllm", _vllm, "vLLM: a local server started from `bash scripts/install-vllm.sh`'s venv, "
                                "or the one at --engine-url")
 register_engine("openai", _openai, "any OpenAI-compatible server at --engine-url (vLLM, SGLang, TGI...)")

@@ -59,6 +59,9 @@ class Capabilities:
     runtime_adapter_loading: bool = True  # `load_adapter` adds one while serving
     grammar: bool = False  # honours SamplingParams.grammar
     batching: bool = False  # a batch of conversations runs together (not one after another)
+    # n samples of one prompt cost little more than one (they decode together): the SQL pipeline then votes over
+    # several candidates by default (llama.cpp, CUDA, a server; not transformers on a CPU, 15-20 s for 7 samples)
+    cheap_samples: bool = False
     audio_input: bool = False  # messages may carry audio
 
     def as_dict(self) -> dict[str, bool]:

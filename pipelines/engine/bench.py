@@ -3,7 +3,9 @@
 For each engine, on the same model, adapter and prompts (the app's own SQL prompts for the bundled example
 questions: schema, value hints):
 - single-user decode tokens/s (greedy, streamed, after the first token) and time to first token p50/p95;
-- batch-8 throughput: 8 conversations in one `generate` call, completion tokens over wall time;
+- batch-8 throughput: 8 conversations in one `generate` call, completion tokens over wall time (the 8 prompts'
+  prefill included), and its decode part alone, as the single-user figure is (the same call with one new token
+  each times the prefill, which is taken off);
 - end-to-end p50 of the app's answer path (`ask`: prompt, constrained decoding, guard, sandbox);
 - this machine's read bandwidth (a large tensor summed), the bytes of weights one token reads in bf16, and so
   each decode figure as a share of the bandwidth limit (bandwidth / bytes per token).
@@ -101,6 +103,10 @@ def bench_engine(engine, prompts, *, max_new_tokens: int, dialect: str | None) -
     generations = engine.generate(batch, free)
     batch_s = time.perf_counter() - started
     batch_tokens = sum(g[0].completion_tokens for g in generations)
+    started = time.perf_counter()
+    engine.generate(batch, SamplingParams(max_new_tokens=1))
+    prefill_s = time.perf_counter() - started
+    batch_decode_s = batch_s - prefill_s
     answers_s = []
     for question, database, _ in prompts:
         started = time.perf_counter()
@@ -113,6 +119,8 @@ def bench_engine(engine, prompts, *, max_new_tokens: int, dialect: str | None) -
         "single_decode_tokens": decode_tokens,
         "batch8_tokens_per_s": round(batch_tokens / batch_s, 1),
         "batch8_tokens": batch_tokens,
+        "batch8_decode_tokens_per_s": round((batch_tokens - BATCH) / batch_decode_s, 1) if batch_decode_s > 0 else None,
+        "batch8_rows_tokens": [g[0].completion_tokens for g in generations],  # rows that stop early thin the batch
         "ttft_ms_p50": round(statistics.median(ttfts)), "ttft_ms_p95": round(_percentile(ttfts, 0.95)),
         # the bundled questions go round the databases, so the second half asks about a database seen before
         "ttft_ms_p50_first_question_on_db": round(statistics.median(seen_before[False])),
@@ -148,11 +156,12 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
         engine = get_engine(profile.sql_model, profile.sql_adapter, engine=name,
                             url=args.engine_url if name != "transformers" else None)
         figures = bench_engine(engine, prompts, max_new_tokens=args.max_new_tokens, dialect=profile.sql_dialect)
-        for key in ("single_tokens_per_s", "batch8_tokens_per_s"):
+        single = figures["single_tokens_per_s"]
+        for key in ("single_tokens_per_s", "batch8_tokens_per_s", "batch8_decode_tokens_per_s"):
             if figures[key]:
                 figures[key.replace("tokens_per_s", "share_of_bf16_limit")] = round(figures[key] / limit, 3)
-        figures["batch8_over_single"] = round(figures["batch8_tokens_per_s"] / figures["single_tokens_per_s"], 2) \
-            if figures["single_tokens_per_s"] else None
+                if key != "single_tokens_per_s" and single:
+                    figures[key.replace("tokens_per_s", "over_single")] = round(figures[key] / single, 2)
         report["engines"][name] = figures
         print(json.dumps({name: figures}), file=sys.stderr)
     out = Path(args.out)

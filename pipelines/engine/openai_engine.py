@@ -48,7 +48,8 @@ class OpenAIEngine(Engine):
         version = self._server_version()
         # Grammars and token ids are vLLM request fields; another server would reject or ignore them.
         self.is_vllm = version is not None
-        self.capabilities = Capabilities(grammar=self.is_vllm, batching=True, runtime_adapter_loading=self.is_vllm,
+        self.capabilities = Capabilities(grammar=self.is_vllm, batching=True, cheap_samples=True,
+                                         runtime_adapter_loading=self.is_vllm,
                                          audio_input=audio_input)
         self.info = EngineInfo(
             model=display_name(model_spec),

@@ -112,6 +112,7 @@ class TransformersEngine(Engine):
             (torch.bfloat16 if device.startswith("cuda") or cpu_has_bf16() else torch.float32)
         self.model, self.tokenizer = load_causal_lm(model_spec, device=device, dtype=dtype)
         self.device = device
+        self.capabilities = dataclasses.replace(type(self).capabilities, cheap_samples=device != "cpu")
         if merge_default is None:
             merge_default = device == "cpu" and os.environ.get("VOXQL_MERGE_ADAPTER", "1") != "0"
         self.merge_default = merge_default

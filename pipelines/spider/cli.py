@@ -71,7 +71,8 @@ def _evaluate_one_path(args: argparse.Namespace, engine, path: str):
             # Spider's gold SQL is SQLite, whatever the profile's adapter writes.
             model_dialect=args.model_dialect or ("sqlite" if args.gold else profile_from_args(args).sql_dialect),
             predictions_in=args.predictions_in, transpile_from=None if args.no_transpile else "duckdb",
-            ask_options=dict(constrain=not args.no_constrain, value_hints=not args.no_value_hints),
+            ask_options=dict(constrain=not args.no_constrain, value_hints=not args.no_value_hints,
+                             candidates=args.candidates),
         )
     finally:
         bar.close()
@@ -138,6 +139,9 @@ def register(subparsers) -> None:
                         help="decode freely instead of following the schema-scoped SQL grammar")
     parser.add_argument("--no-value-hints", action="store_true",
                         help="show the model the schema alone, without values of its text columns")
+    parser.add_argument("--candidates", type=int,
+                        help="vote by execution over N replies (the greedy one and N-1 sampled; default: as the app, "
+                             "8 on engines where samples are cheap, else 1)")
     parser.add_argument("--retries", type=int, default=0,
                         help="self-corrections after an error (default 0: the official single-shot number)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="generation budget per answer (default 256)")

@@ -258,6 +258,8 @@ def evaluate_spider(
                 match = exec_match(sqlite_path, predicted, example.query, keep_distinct=keep_distinct,
                                    timeout_s=timeout_s, transpile_from=transpile_from)
             record.update(predicted_sql=predicted, pipeline_error=answer.error if answer is not None else None)
+            if answer is not None and answer.vote:
+                record["vote"] = answer.vote  # every candidate's SQL, and which one won
             if match.ran_sql is not None:
                 record["duckdb_sql" if path == "duckdb" else "transpiled_sql"] = match.ran_sql
             if match.gold_error:

@@ -15,8 +15,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=["cpu", "gpu"], help="model profile (default: gpu with CUDA, else cpu)")
     parser.add_argument("--model", help="model id or local path (overrides the profile and VOXQL_SQL_MODEL)")
     parser.add_argument("--adapter", help="LoRA adapter id or path, or 'none' for the base model")
-    parser.add_argument("--engine", help="generation engine: transformers (default), llamacpp, vllm or openai "
-                                         "(or VOXQL_ENGINE); see the README's Engines table")
+    parser.add_argument("--engine", help="generation engine: llamacpp, transformers, vllm or openai (or VOXQL_ENGINE; "
+                                         "default: llamacpp for the embedded model where it is built, else "
+                                         "transformers); see the README's Engines table")
     parser.add_argument("--engine-url", help="an OpenAI-compatible server to use, e.g. http://host:8000/v1 "
                                              "(or VOXQL_ENGINE_URL); alone it means --engine openai")
 
@@ -47,7 +48,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
         # --schema is the UI's pasted-schema mode: the SQL is generated and checked, never run.
         database = database_from_args(None, args.schema) if args.schema else open_database(args.db, Path(workdir))
         options = dict(max_retries=args.max_retries, dialect=profile_from_args(args).sql_dialect,
-                       constrain=not args.no_constrain)
+                       constrain=not args.no_constrain, candidates=args.candidates)
         if args.audio:
             answer = _ask_spoken(args, database, options)
         else:
@@ -93,6 +94,9 @@ def register(subparsers) -> None:
     parser.add_argument("--max-retries", type=int, default=2, help="self-corrections after an error (default 2)")
     parser.add_argument("--no-constrain", action="store_true",
                         help="decode freely instead of following the schema-scoped SQL grammar")
+    parser.add_argument("--candidates", type=int,
+                        help="vote by execution over N replies (default: 8 on engines where samples are cheap, "
+                             "such as llamacpp, else 1; 1 = the greedy reply alone)")
     add_model_arguments(parser)
     parser.set_defaults(func=cmd_sql)
 
