@@ -101,6 +101,8 @@ def test_the_shipped_cpu_model_still_answers_as_the_file_says(demos):
     except ModelNotAvailable as error:
         pytest.skip(f"the embedded model is not installed: {error}")
     data = json.loads(VERIFIED_FILE.read_text())
+    if engine.info.engine != data["engine"]:  # e.g. llama.cpp not built here: another engine answers otherwise
+        pytest.skip(f"the file was made with {data['engine']}; the default engine here is {engine.info.engine}")
     committed = {(r["db"], r["question"]): r for r in data["examples"]}
     now = verify_examples(engine, demos=demos, max_retries=data["max_retries"], **data["ask_options"])["examples"]
     changed = [f"{r['db']}: {r['question']!r} is now {'right' if r['correct'] else 'wrong'} "

@@ -186,13 +186,18 @@ def evaluate_spider(
         adapter = engine.resolve_adapter(adapter)  # fails early on an unknown adapter name
         model, adapter_name = engine.info.model, (engine.info.adapters.get(adapter) if adapter else None)
     from_model = not gold and recorded is None
+    ask_options = dict(ask_options or {})
+    if from_model and ask_options.get("candidates") is None:
+        from pipelines.sql.pipeline import default_candidates
+
+        ask_options["candidates"] = default_candidates(engine)  # recorded as used, not as "the default"
     report = EvalReport(split=split, limit=limit, seed=seed, model=model, adapter=adapter_name, gold=gold,
                         retries=retries if from_model else 0, questions=len(examples), keep_distinct=keep_distinct,
                         timeout_s=timeout_s, max_new_tokens=params.max_new_tokens if from_model else None,
                         path=path, model_dialect=model_dialect if from_model or path == "duckdb" else SPIDER_DIALECT,
                         predictions_in=str(predictions_in) if predictions_in is not None else None,
                         transpile_from=transpile_from if path == "sqlite" else None,
-                        ask_options=dict(ask_options or {}))
+                        ask_options=ask_options)
     if gold:
         report.generation = "the gold SQL, checked and run by pipelines.sql.pipeline.run_sql"
     elif recorded is not None:

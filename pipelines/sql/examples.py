@@ -123,8 +123,11 @@ def verify_examples(engine, *, examples: dict[str, list[Example]] | None = None,
                 progress(len(records), total)
     correct = sum(r["correct"] for r in records)
     adapter = engine.info.adapters.get(engine.info.default_adapter) if engine.info.default_adapter else None
+    from pipelines.sql.pipeline import default_candidates
+
     return {"examples": records, "correct": correct, "total": total, "model": engine.info.model,
-            "adapter": _repo_relative(adapter),
+            "adapter": _repo_relative(adapter), "engine": engine.info.engine,
+            "candidates": ask_options.get("candidates") or default_candidates(engine),
             "max_retries": max_retries, "ask_options": dict(ask_options)}
 
 
