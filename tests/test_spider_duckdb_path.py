@@ -141,7 +141,8 @@ def test_ask_options_reach_ask_stream(tiny_spider, monkeypatch):
 
     monkeypatch.setattr(pipeline, "ask_stream", recording)
     report = evaluate_spider(tiny_spider, ScriptedEngine(SCRIPT), path="duckdb", ask_options={"constrain": False})
-    assert seen == [False] * SCORABLE and report.ask_options == {"constrain": False}
+    # the candidates used are recorded: 1 on an engine without cheap samples
+    assert seen == [False] * SCORABLE and report.ask_options == {"constrain": False, "candidates": 1}
 
 
 def test_predictions_in_rescores_both_paths(tiny_spider, tmp_path):

@@ -15,9 +15,10 @@ retry) only evaluates the rest. The prompt is built and the text decoded with th
 which also drives the grammar (the transformers engine's `GrammarLogitsProcessor`, on one row).
 
 A batch (`generate` with several conversations, or n samples) runs in a second context per model that holds up
-to 8 sequences and decodes them together, one token of each per llama.cpp call: on this 2-core CPU eight rows
-decode about three times as fast as one (the weights are read once per step for all of them). Prompts that are
-equal (n samples) are evaluated once and their KV state copied.
+to 8 sequences and decodes them together, one token of each per llama.cpp call, so the weights are read once per
+step for all rows. Prompts that are equal (n samples, as the SQL pipeline's vote asks for) are evaluated once
+and their KV state copied. (On 2 cores a step of 8 rows costs 3-4 single steps, so it is the shared prefill and
+the one call per step that pay, not raw throughput: results/bench-engine.json.)
 
 Every llama.cpp call runs on the engine's one worker thread (`_call`): there is one generation at a time per
 engine, and a stream's consumer (a Gradio handler on any thread) only reads a queue. (With an OpenMP build of
@@ -161,7 +162,6 @@ class BatchContext:
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.chunk = int(params.n_batch)
         self.batch = llama_cpp.llama_batch_init(self.chunk, 0, 1)
-        self.sequences, self.tokens_per_sequence = sequences, tokens_per_sequence
         self.n_vocab = llm.n_vocab()
         self.adapter: tuple[str | None] | None = None  # the LoRA adapter set on this context
 
@@ -285,7 +285,7 @@ class LlamaCppEngine(Engine):
                 context.adapter = None
             self.prompt_cache.clear()
             if self._merged and self._merged[0] == name:
-                self._merged = None  # and its merged copy is stale: requests use the LoRA until it is remade
+                self._close_merged()  # its merged copy is stale: requests use the LoRA until it is remade
 
         self._call(attach)
         self.info = dataclasses.replace(self.info, adapters={**self.info.adapters, name: spec})
@@ -309,6 +309,7 @@ class LlamaCppEngine(Engine):
         self._call(self.prompt_cache.clear)
 
     def _close_merged(self) -> None:
+        """Drop the merged model and its batch context (keyed by the model's id, which a new object may reuse)."""
         if self._merged:
             context = self._batch_contexts.pop(id(self._merged[1]), None)
             if context is not None:

@@ -275,6 +275,9 @@ def whisper_model_and_collator(config: TagTrainConfig):
         model, tokenizer, feature_extractor = load_whisper_with_adapter(None, merge=False)
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                           target_modules=rf"model\.decoder\..*\.({'|'.join(TAG_TARGET_MODULES)})", bias="none")
+        import torch
+
+        torch.manual_seed(config.seed)  # the new LoRA's initial weights come from the seed, not from whatever ran before
         model = get_peft_model(model, lora)
     return model, TagCollator(model, tokenizer, feature_extractor)
 
