@@ -27,6 +27,7 @@ llama.cpp, calls from changing threads also ran three times slower; install.sh b
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import dataclasses
 import importlib.util
@@ -253,6 +254,29 @@ class LlamaCppEngine(Engine):
         if adapter_spec:
             self.load_adapter(adapter_spec, "default")
             self.set_default_adapter("default")
+        self._closed = False
+        atexit.register(self.close)  # while llama_cpp is still importable: its own __del__ at exit fails noisily
+
+    def close(self) -> None:
+        """Free every llama.cpp context and model of this engine (once; it serves nothing afterwards)."""
+        if self._closed:
+            return
+        self._closed = True
+
+        def free() -> None:
+            for context in self._batch_contexts.values():
+                context.close()
+            self._batch_contexts.clear()
+            if self._merged:
+                self._merged[1].close()
+                self._merged = None
+            self.llm.close()
+
+        try:
+            self._call(free)
+        except RuntimeError:  # at interpreter exit the worker pool has already stopped: nothing else can call in
+            free()
+        self._worker.shutdown()
 
     def _open(self, path: Path):
         import llama_cpp
@@ -314,6 +338,7 @@ class LlamaCppEngine(Engine):
             context = self._batch_contexts.pop(id(self._merged[1]), None)
             if context is not None:
                 context.close()
+            self._merged[1].close()
         self._merged = None
 
     def _adapter_handles(self, adapter: str | None) -> list:
