@@ -211,3 +211,29 @@ def test_cli_bad_folder_is_one_line(tmp_path, capsys):
 
     assert main(["eval-spider", "--spider-dir", str(tmp_path / "nope"), "--gold"]) == 1
     assert capsys.readouterr().err.strip().startswith("error: no Spider folder")
+
+
+def test_resume_asks_only_what_the_stopped_run_did_not(tiny_spider, tmp_path):
+    script = {DEV[0][1]: "SELECT COUNT(id) FROM customers", DEV[3][1]: "SELECT nonsense FROM customers",
+              DEV[6][1]: "SELECT score FROM grades WHERE course = 'math'"}
+    out = tmp_path / "pred.jsonl"
+    whole = evaluate_spider(tiny_spider, ScriptedEngine(script), predictions_out=tmp_path / "whole.jsonl")
+    cancel = threading.Event()
+    stopped = evaluate_spider(tiny_spider, ScriptedEngine(script, on_stream=lambda n: cancel.set() if n == 4 else None),
+                              cancel=cancel, predictions_out=out)
+    assert stopped.cancelled and stopped.scored == 3
+    with out.open("a") as handle:  # a kill mid-write leaves half a line
+        handle.write('{"index": 4, "db_id": "sh')
+    engine = ScriptedEngine(script)
+    resumed = evaluate_spider(tiny_spider, engine, predictions_out=out, resume=True)
+    assert resumed.resumed == 3 and len(engine.prompts) == SCORABLE - 3
+    assert (resumed.scored, resumed.correct, resumed.skipped) == (whole.scored, whole.correct, whole.skipped)
+    assert resumed.error_breakdown == whole.error_breakdown and resumed.latency_ms["questions"] == whole.scored
+    lines = _read_jsonl(out)
+    assert sorted(r["index"] for r in lines if not r.get("skipped")) == sorted(
+        r["index"] for r in _read_jsonl(tmp_path / "whole.jsonl") if not r.get("skipped"))
+
+
+def test_resume_needs_the_predictions_file(tiny_spider):
+    with pytest.raises(BadInput, match="predictions file"):
+        evaluate_spider(tiny_spider, ScriptedEngine({}), resume=True)

@@ -73,6 +73,7 @@ def _evaluate_one_path(args: argparse.Namespace, engine, path: str):
             predictions_in=args.predictions_in, transpile_from=None if args.no_transpile else "duckdb",
             ask_options=dict(constrain=not args.no_constrain, value_hints=not args.no_value_hints,
                              candidates=args.candidates),
+            resume=args.resume,
         )
     finally:
         bar.close()
@@ -148,6 +149,9 @@ def register(subparsers) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, help="per-query SQLite timeout in seconds (default 30)")
     parser.add_argument("--keep-distinct", action="store_true", help="do not remove DISTINCT before comparing")
     parser.add_argument("--predictions-out", help="JSONL file: one line per question with its prediction")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a run that stopped part way: the questions already in --predictions-out are "
+                             "scored from their recorded SQL, not asked again (the report covers them all)")
     parser.add_argument("--out", help="JSON file for the report")
     add_model_arguments(parser)
     parser.set_defaults(func=cmd_eval_spider)

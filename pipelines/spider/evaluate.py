@@ -95,6 +95,7 @@ class EvalReport:
     timeout_s: float = DEFAULT_TIMEOUT_S
     max_new_tokens: int | None = None
     cancelled: bool = False
+    resumed: int = 0  # questions answered by the run this one resumed (their SQL scored again, their time kept)
     elapsed_s: float = 0.0
     seconds_per_question: float | None = None
 
@@ -150,6 +151,7 @@ def evaluate_spider(
     ask_options: dict | None = None,
     transpile_from: str | None = "duckdb",
     duckdb_cache: str | Path | None = None,
+    resume: bool = False,
 ) -> EvalReport:
     """Score `engine` (or, with `gold=True`, the gold SQL itself; or the SQL of a predictions JSONL given as
     `predictions_in`) on Spider `split` by execution match.
@@ -162,6 +164,9 @@ def evaluate_spider(
     `ask_options` go to `ask_stream` as keyword arguments. `progress(done, total)` is called after each
     question; setting `cancel` stops at the next chance (the current generation is stopped too) and returns the
     partial report with `cancelled=True`.
+    `resume` continues a run that stopped part way (cancelled, killed, or ended with a session): the questions
+    already in `predictions_out` are not asked again; their recorded SQL, vote and time are kept and scored anew
+    with the others, so the report covers the whole selection.
     """
     from pipelines.sql.pipeline import DEFAULT_PARAMS, Answer, ask_stream, run_sql
 
@@ -178,6 +183,9 @@ def evaluate_spider(
     examples = select_examples(load_split(spider_dir, split), limit, seed)
     schemas = load_schemas(spider_dir)
     recorded = _read_predictions(predictions_in, examples) if predictions_in is not None else None
+    if resume and (predictions_out is None or recorded is not None or gold):
+        raise BadInput("resume continues a model's run: it needs the predictions file that run was writing")
+    answered = _answered_before(predictions_out, examples) if resume else {}
     if gold:
         model, adapter_name = GOLD_MODEL, None
     elif recorded is not None:
@@ -197,7 +205,7 @@ def evaluate_spider(
                         path=path, model_dialect=model_dialect if from_model or path == "duckdb" else SPIDER_DIALECT,
                         predictions_in=str(predictions_in) if predictions_in is not None else None,
                         transpile_from=transpile_from if path == "sqlite" else None,
-                        ask_options=ask_options)
+                        ask_options=ask_options, resumed=len(answered))
     if gold:
         report.generation = "the gold SQL, checked and run by pipelines.sql.pipeline.run_sql"
     elif recorded is not None:
@@ -210,7 +218,7 @@ def evaluate_spider(
     breakdown: Counter = Counter({kind: 0 for kind in ERROR_KINDS})
     sources: Counter = Counter()
     latencies: list[float] = []
-    out = _open_predictions(predictions_out)
+    out = _open_predictions(predictions_out, append=resume)
     try:
         for done, example in enumerate(examples):
             if cancel is not None and cancel.is_set():
@@ -235,7 +243,12 @@ def evaluate_spider(
                 continue
             sqlite_path, database = opened
 
-            if from_model:
+            before = answered.get(example.index)
+            log = out if before is None else None  # a resumed question's line is in the file already
+            if before is not None:  # asked by the run this one resumes: its SQL is scored again, not re-asked
+                answer, predicted = None, before.get("predicted_sql")
+                record.update({key: before[key] for key in ("pipeline_error", "vote", "seconds") if key in before})
+            elif from_model:
                 answer = None
                 stream = ask_stream(example.question, database, engine, adapter=adapter, max_retries=retries,
                                     params=params, **{"dialect": model_dialect, **(ask_options or {})})
@@ -254,7 +267,9 @@ def evaluate_spider(
             else:
                 predicted = example.query if gold else recorded[example.index]
                 answer = run_sql(predicted, database) if predicted else None
-            refused = answer is not None and any(a.stage == "validate" and a.error for a in answer.attempts[-1:])
+            record["predicted_sql"] = predicted
+            record.setdefault("pipeline_error", answer.error if answer is not None else None)
+            refused = str(record["pipeline_error"] or "").startswith("refused:")  # the last attempt's error
             if path == "duckdb":
                 match = duckdb_exec_match(database, sqlite_path, predicted, example.query,
                                           keep_distinct=keep_distinct, timeout_s=timeout_s)
@@ -262,7 +277,6 @@ def evaluate_spider(
             else:
                 match = exec_match(sqlite_path, predicted, example.query, keep_distinct=keep_distinct,
                                    timeout_s=timeout_s, transpile_from=transpile_from)
-            record.update(predicted_sql=predicted, pipeline_error=answer.error if answer is not None else None)
             if answer is not None and answer.vote:
                 record["vote"] = answer.vote  # every candidate's SQL, and which one won
             if match.ran_sql is not None:
@@ -270,15 +284,16 @@ def evaluate_spider(
             if match.gold_error:
                 report.gold_failed += 1
                 record["gold_error"] = match.gold_error
-                _write(out, record)
+                _write(log, record)
                 if progress:
                     progress(done + 1, len(examples))
                 continue
             report.scored += 1
             report.by_hardness[level].scored += 1
             if answer is not None:
-                latencies.append(answer.timings.total_ms)
                 record["seconds"] = round(answer.timings.total_ms / 1000, 3)
+            if "seconds" in record:
+                latencies.append(record["seconds"] * 1000)
             if match.correct:
                 report.correct += 1
                 report.by_hardness[level].correct += 1
@@ -297,7 +312,7 @@ def evaluate_spider(
                 report.guard_refused += 1
                 report.guard_refused_correct += int(match.correct)
             record["correct"] = match.correct
-            _write(out, record)
+            _write(log, record)
             if progress:
                 progress(done + 1, len(examples))
     finally:
@@ -308,8 +323,8 @@ def evaluate_spider(
     report.latency_ms = latency_summary(latencies)
     report.hardness_source = dict(sources)
     report.elapsed_s = round(time.perf_counter() - started, 2)
-    handled = report.scored + report.gold_failed
-    report.seconds_per_question = round(report.elapsed_s / handled, 3) if handled else None
+    asked = report.scored + report.gold_failed - report.resumed  # by this run
+    report.seconds_per_question = round(report.elapsed_s / asked, 3) if asked else None
     return report
 
 
@@ -390,12 +405,37 @@ def _failure_kind(predicted: str | None, error: str) -> str:
     return "SQL error"
 
 
-def _open_predictions(path: str | Path | None):
+def _answered_before(path: str | Path | None, examples: list[SpiderExample]) -> dict[int, dict]:
+    """{index: line} of the questions a stopped run already answered, from its predictions JSONL (none when the
+    file is not there yet). A last line cut off by the stop is left out; it is asked again."""
+    if path is None or not Path(path).is_file():
+        return {}
+    wanted = {example.index: example for example in examples}
+    answered: dict[int, dict] = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        example = wanted.get(row.get("index"))
+        if example is None or row.get("skipped") or "predicted_sql" not in row:
+            continue
+        if row.get("db_id") != example.db_id or row.get("question") != example.question:
+            raise BadInput(f"{path}:{number} is from another split or run: question {example.index} differs")
+        answered[example.index] = row
+    return answered
+
+
+def _open_predictions(path: str | Path | None, append: bool = False):
     if path is None:
         return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.open("w", encoding="utf-8")
+    if append and path.is_file():
+        text = path.read_text(encoding="utf-8")
+        if text and not text.endswith("\n"):  # a line cut off when the run stopped: drop it
+            path.write_text(text[: text.rfind("\n") + 1], encoding="utf-8")
+    return path.open("a" if append else "w", encoding="utf-8")
 
 
 def _write(out, record: dict) -> None:
