@@ -226,7 +226,7 @@ def pick_database(ctx: AskContext, database: str, session: dict) -> tuple:
     try:
         db = _database(database, session, ctx.demos)
     except VoxQLError as error:
-        return gr.skip(), error_markdown(str(error)), gr.skip(), *[gr.skip()] * 7
+        return gr.skip(), error_markdown(str(error)), gr.skip(), *[gr.skip()] * 8
     demo = ctx.demos.get(database)
     description = demo.description if demo else (
         "Pasted schema: queries are generated and checked, not run." if database == PASTED
@@ -234,7 +234,7 @@ def pick_database(ctx: AskContext, database: str, session: dict) -> tuple:
     samples = [[q] for q in demo.examples] if demo else []
     labels = example_labels(database, demo.examples, ctx.profile.name) if demo else None  # marks known-wrong ones
     examples = gr.Dataset(samples=samples, sample_labels=labels, visible=bool(samples))
-    return db.schema.to_ddl(), description, examples, *cleared_answer()
+    return db.schema.to_ddl(), description, examples, "", *cleared_answer()
 
 
 def _answer_stream(ctx, question, database, adapter, constrain, value_hints, session, history):
@@ -453,15 +453,18 @@ def build_ask_tab(profile: Profile, demos: dict[str, DemoDatabase]) -> AskTab:
     # A question sent while one runs waits for it (always_last) and the note above the buttons says so at once.
     gr.on([question.submit, ask.click], ask_note, question, queue_note, queue=False, trigger_mode="multiple",
           **private)
-    gr.on([question.submit, ask.click], gpu_task(bind_context(ask_question, ctx)), [*ask_inputs, history],
-          [*answer_outputs, queue_note], api_name="ask", trigger_mode="always_last", **model_events)
+    asking = gr.on([question.submit, ask.click], gpu_task(bind_context(ask_question, ctx)), [*ask_inputs, history],
+                   [*answer_outputs, queue_note], api_name="ask", trigger_mode="always_last", **model_events)
     run_button.click(bind_context(run_typed_sql, ctx), [sql, db_picker, session, history], answer_outputs,
                      api_name="run_sql")
-    compare.click(gpu_task(bind_context(compare_answers, ctx), duration=120), ask_inputs,
+    comparing = compare.click(gpu_task(bind_context(compare_answers, ctx), duration=120), ask_inputs,
                   [compare_box, base_sql, base_status, base_results, tuned_sql, tuned_status, tuned_results],
                   api_name="compare", **model_events)
-    db_picker.change(bind_context(pick_database, ctx), [db_picker, session], [schema_view, db_info, examples, *cleared_outputs],
-                     api_name="pick_database")
+    # A question still being answered belongs to the database it was asked of: switching (or uploading) stops it,
+    # so its answer never shows up under the new database.
+    db_picker.change(bind_context(pick_database, ctx), [db_picker, session],
+                     [schema_view, db_info, examples, queue_note, *cleared_outputs], api_name="pick_database",
+                     cancels=[asking, comparing])
     examples.click(pick_example, examples, question, api_visibility="private")
     upload.upload(bind_context(upload_file, ctx), [upload, session], [db_picker, upload, upload_status, session],
                   api_name="upload")

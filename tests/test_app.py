@@ -72,9 +72,9 @@ def test_database_picker_shows_schema_and_examples(client):
 def test_switching_database_clears_the_previous_answer(client):
     _, _, results, *_ = client.predict("SELECT count(*) FROM orders", "shop", api_name="/run_sql")
     assert results["headers"] == ["count(*)"]  # not DuckDB's `count_star()`
-    _, _, _, sql, status, results, bar, line, timings, attempts = client.predict(
+    _, _, _, queued, sql, status, results, bar, line, timings, attempts = client.predict(
         "concert_singer", api_name="/pick_database")
-    assert (sql, status, timings, attempts) == ("", "", "", "")
+    assert (queued, sql, status, timings, attempts) == ("", "", "", "", "")
     assert results["headers"] == ["no result yet"] and results["data"] in ([], [[""]])
     assert not bar["visible"] and not line["visible"]
 

@@ -50,6 +50,44 @@ def test_run_sql_on_concert_singer_then_switching_database_clears_it(page, scree
     expect(editor).to_have_text("")
 
 
+def test_a_question_still_running_when_the_database_changes_is_stopped(page, monkeypatch):
+    """Asked on shop and held until the picker says world_1: its answer must not appear under world_1."""
+    import threading
+    import time
+
+    from playwright.sync_api import expect
+
+    from components import ask
+    from tests.conftest import TAUGHT_QUESTION
+
+    pick_database(page, "shop")
+    question, results = page.locator("#question textarea"), page.locator("#results")
+    question.fill(TAUGHT_QUESTION)
+    question.press("Enter")
+    expect(results).to_contain_text("5000", timeout=60_000)  # answered as usual (and the model is loaded)
+
+    entered, release, finished = threading.Event(), threading.Event(), threading.Event()
+    answer_stream = ask._answer_stream
+
+    def held(*args):
+        entered.set()
+        release.wait(30)
+        yield from answer_stream(*args)
+        finished.set()
+
+    monkeypatch.setattr(ask, "_answer_stream", held)
+    question.press("Enter")
+    assert entered.wait(30)
+    pick_database(page, "world_1")
+    expect(page.locator("#schema")).to_contain_text("countrylanguage", timeout=10_000)
+    release.set()
+    finished.wait(10)  # set only if the question went on: then its answer reaches the page now
+    time.sleep(1)
+    expect(results).to_contain_text("no result yet")
+    expect(results).not_to_contain_text("5000")
+    expect(page.locator("#sql .cm-content")).to_have_text("")
+
+
 def test_ask_by_voice_answers_the_cascade_and_end_to_end_side_by_side(page, screenshots, tmp_path):
     """An uploaded spoken question (espeak-ng) on concert_singer: the cascade's transcript and both answers, each
     checked, run and timed. End to end is a tiny random Ultravox over the same tiny Llama and adapter."""
