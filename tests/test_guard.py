@@ -211,6 +211,7 @@ def test_double_quoted_columns_stay_columns_and_duckdb_sql_is_untouched():
                      columns=SINGERS).normalized == 'SELECT Name FROM singer WHERE Country = "France"'
 
 
+@pytest.mark.parametrize("dialect", ["sqlite", "duckdb"])  # models keep SQLite's habit whatever they are told
 @pytest.mark.parametrize("sql, normalized", [
     # bare columns: SQLite takes them from some row of the group; DuckDB would refuse the query
     ("SELECT T1.Name, count(*) FROM singer AS T1 JOIN concert AS T2 ON T1.Name = T2.concert_Name GROUP BY T1.Age",
@@ -218,14 +219,51 @@ def test_double_quoted_columns_stay_columns_and_duckdb_sql_is_untouched():
      "GROUP BY T1.Age"),
     # ... and after a single max() or min(), from the row that has it (SQLite's documented "bare columns")
     ("SELECT Name, max(Age) FROM singer", "SELECT ARG_MAX(Name, Age), MAX(Age) FROM singer"),
+    ("SELECT Country FROM singer GROUP BY Country HAVING count(*) > 1 ORDER BY Age DESC",
+     "SELECT Country FROM singer GROUP BY Country HAVING COUNT(*) > 1 ORDER BY ANY_VALUE(Age) DESC"),
+    # what DuckDB itself accepts is left alone
     ("SELECT Country, count(*) AS n FROM singer GROUP BY Country ORDER BY n DESC",
      "SELECT Country, COUNT(*) AS n FROM singer GROUP BY Country ORDER BY n DESC"),
     ("SELECT Name, (SELECT max(Age) FROM singer) FROM singer", "SELECT Name, (SELECT MAX(Age) FROM singer) FROM singer"),
-    ("SELECT Name FROM singer WHERE Name LIKE 'jo%'", "SELECT Name FROM singer WHERE Name ILIKE 'jo%'"),
+    ("SELECT Age + 1, count(*) FROM singer GROUP BY Age + 1", "SELECT Age + 1, COUNT(*) FROM singer GROUP BY Age + 1"),
+    ("SELECT Country, count(*) FROM singer GROUP BY 1", "SELECT Country, COUNT(*) FROM singer GROUP BY 1"),
+    ("SELECT upper(Country) AS c, count(*) FROM singer GROUP BY c",
+     "SELECT UPPER(Country) AS c, COUNT(*) FROM singer GROUP BY c"),
+    ("SELECT Country, count(*) FROM singer GROUP BY ALL", "SELECT Country, COUNT(*) FROM singer GROUP BY ALL"),
+    ("SELECT Country, count(*) FROM singer GROUP BY ROLLUP (Country)",
+     "SELECT Country, COUNT(*) FROM singer GROUP BY ROLLUP (Country)"),
 ])
-def test_sqlite_group_by_and_like_keep_their_meaning_in_duckdb(sql, normalized):
-    verdict = check_sql(sql, SINGERS, dialect="sqlite", columns=SINGERS)
+def test_bare_columns_of_an_aggregate_query_get_sqlites_meaning(dialect, sql, normalized):
+    verdict = check_sql(sql, SINGERS, dialect=dialect, columns=SINGERS)
     assert verdict.allowed and verdict.normalized == normalized
+
+
+DOCUMENTS = {"paragraphs": ["paragraph_id", "document_id"], "documents": ["document_id", "document_name"]}
+
+
+@pytest.mark.parametrize("sql, normalized", [
+    # an inner join on the column makes both tables' values one: the bare name gets the first table
+    ("SELECT document_id, count(*) FROM paragraphs AS T1 JOIN documents AS T2 ON T1.document_id = T2.document_id "
+     "GROUP BY document_id",
+     "SELECT T1.document_id, COUNT(*) FROM paragraphs AS T1 JOIN documents AS T2 ON T1.document_id = T2.document_id "
+     "GROUP BY T1.document_id"),
+    # an outer join (one side may be NULL), another join column, or USING: left to DuckDB
+    ("SELECT document_id FROM paragraphs AS T1 LEFT JOIN documents AS T2 ON T1.document_id = T2.document_id",
+     "SELECT document_id FROM paragraphs AS T1 LEFT JOIN documents AS T2 ON T1.document_id = T2.document_id"),
+    ("SELECT document_id FROM paragraphs AS T1 JOIN documents AS T2 ON T1.paragraph_id = T2.document_id",
+     "SELECT document_id FROM paragraphs AS T1 JOIN documents AS T2 ON T1.paragraph_id = T2.document_id"),
+    ("SELECT document_id FROM paragraphs JOIN documents USING (document_id)",
+     "SELECT document_id FROM paragraphs JOIN documents USING (document_id)"),
+])
+def test_a_column_an_inner_join_equates_is_not_ambiguous(sql, normalized):
+    verdict = check_sql(sql, DOCUMENTS, columns=DOCUMENTS)
+    assert verdict.allowed and verdict.normalized == normalized
+
+
+def test_sqlite_like_ignores_case_in_duckdb_too():
+    verdict = check_sql("SELECT Name FROM singer WHERE Name LIKE 'jo%'", SINGERS, dialect="sqlite", columns=SINGERS)
+    assert verdict.normalized == "SELECT Name FROM singer WHERE Name ILIKE 'jo%'"
+    assert check_sql("SELECT Name FROM singer WHERE Name LIKE 'jo%'", SINGERS).normalized.endswith("LIKE 'jo%'")
 
 
 # -- what DuckDB will run, read as DuckDB reads it --------------------------------------------------------------

@@ -237,3 +237,24 @@ def test_resume_asks_only_what_the_stopped_run_did_not(tiny_spider, tmp_path):
 def test_resume_needs_the_predictions_file(tiny_spider):
     with pytest.raises(BadInput, match="predictions file"):
         evaluate_spider(tiny_spider, ScriptedEngine({}), resume=True)
+
+
+@pytest.mark.parametrize("path", ["sqlite", "duckdb"])
+def test_revote_chooses_again_among_the_recorded_candidates(tiny_spider, tmp_path, path):
+    """A recorded run whose vote went to the majority that ignores "math": choosing again, the model not asked,
+    picks the candidate that uses the question's value; the recorded latency is kept."""
+    everyone, math = "SELECT score FROM grades", "SELECT score FROM grades WHERE course = 'math'"
+    recorded = tmp_path / "recorded.jsonl"
+    lines = [{"index": i, "db_id": db, "question": question, "predicted_sql": everyone if i == 6 else None,
+              "seconds": 2.5, **({"vote": {"sql": [everyone, everyone, math]}} if i == 6 else {})}
+             for i, (db, question, _) in enumerate(DEV)]
+    recorded.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "revoted.jsonl"
+    as_recorded = evaluate_spider(tiny_spider, predictions_in=recorded, path=path)
+    revoted = evaluate_spider(tiny_spider, predictions_in=recorded, path=path, revote=True, predictions_out=out,
+                              model_dialect="duckdb")
+    assert (as_recorded.correct, revoted.correct) == (0, 1) and revoted.revote
+    [line] = [r for r in _read_jsonl(out) if r["index"] == 6]
+    assert line["correct"] and line["vote"]["chosen"] == "sample 2" and line["seconds"] == 2.5
+    with pytest.raises(BadInput, match="predictions_in"):
+        evaluate_spider(tiny_spider, ScriptedEngine({}), revote=True)

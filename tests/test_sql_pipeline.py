@@ -159,7 +159,8 @@ def test_candidates_vote_by_result_and_the_majority_wins(shop):
     assert answer.ok and answer.rows == [[50]] and answer.sql.lower() == TAUGHT_SQL.lower()
     written = [WRONG, TAUGHT_SQL, BROKEN, "SELECT COUNT(id) FROM customers", TAUGHT_SQL]
     assert [sql.lower() for sql in answer.vote.pop("sql")] == [sql.lower() for sql in written]  # as normalised
-    assert answer.vote == {"candidates": 5, "executed": 4, "votes": 3, "chosen": "sample 1"}
+    assert answer.vote == {"candidates": 5, "executed": 4, "votes": 3, "clean_votes": 3, "grounding": 0,
+                           "chosen": "sample 1"}
     assert [a.decoding for a in answer.attempts] == ["sampled (vote 1)"]
 
 

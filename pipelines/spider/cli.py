@@ -73,7 +73,7 @@ def _evaluate_one_path(args: argparse.Namespace, engine, path: str):
             predictions_in=args.predictions_in, transpile_from=None if args.no_transpile else "duckdb",
             ask_options=dict(constrain=not args.no_constrain, value_hints=not args.no_value_hints,
                              candidates=args.candidates),
-            resume=args.resume,
+            resume=args.resume, revote=args.revote,
         )
     finally:
         bar.close()
@@ -152,6 +152,9 @@ def register(subparsers) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue a run that stopped part way: the questions already in --predictions-out are "
                              "scored from their recorded SQL, not asked again (the report covers them all)")
+    parser.add_argument("--revote", action="store_true",
+                        help="with --predictions-in: choose again among each question's recorded candidates (checked "
+                             "and run again, the model not asked), to measure a change to the guard or the choice")
     parser.add_argument("--out", help="JSON file for the report")
     add_model_arguments(parser)
     parser.set_defaults(func=cmd_eval_spider)

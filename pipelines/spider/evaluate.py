@@ -80,6 +80,7 @@ class EvalReport:
     path: str = "sqlite"  # where predictions run: "sqlite" (the file as written) or "duckdb" (the app's path)
     model_dialect: str = SPIDER_DIALECT  # the dialect the model is told to write and the guard parses
     predictions_in: str | None = None  # a predictions JSONL scored instead of a model
+    revote: bool = False  # its recorded candidates were chosen among again (vote_on_candidates)
     failures: dict[str, int] = field(default_factory=dict)  # why wrong predictions failed to run, by kind
     error_breakdown: dict[str, int] = field(default_factory=dict)  # every wrong prediction, by ERROR_KINDS
     latency_ms: dict = field(default_factory=dict)  # per question (the Answer's total time): p50, p95, mean
@@ -152,6 +153,7 @@ def evaluate_spider(
     transpile_from: str | None = "duckdb",
     duckdb_cache: str | Path | None = None,
     resume: bool = False,
+    revote: bool = False,
 ) -> EvalReport:
     """Score `engine` (or, with `gold=True`, the gold SQL itself; or the SQL of a predictions JSONL given as
     `predictions_in`) on Spider `split` by execution match.
@@ -167,8 +169,11 @@ def evaluate_spider(
     `resume` continues a run that stopped part way (cancelled, killed, or ended with a session): the questions
     already in `predictions_out` are not asked again; their recorded SQL, vote and time are kept and scored anew
     with the others, so the report covers the whole selection.
+    `revote` (with `predictions_in`): where a question's line records a vote's candidates, they are checked, run
+    and chosen among again (`pipelines.sql.pipeline.vote_on_candidates`), the model not asked; this measures a
+    change to the guard or to the choice on a recorded run. Its latency is the recorded run's.
     """
-    from pipelines.sql.pipeline import DEFAULT_PARAMS, Answer, ask_stream, run_sql
+    from pipelines.sql.pipeline import DEFAULT_PARAMS, Answer, ask_stream, run_sql, vote_on_candidates
 
     if path not in PATHS:
         raise BadInput(f"unknown path {path!r}: use one of {', '.join(PATHS)}")
@@ -183,6 +188,8 @@ def evaluate_spider(
     examples = select_examples(load_split(spider_dir, split), limit, seed)
     schemas = load_schemas(spider_dir)
     recorded = _read_predictions(predictions_in, examples) if predictions_in is not None else None
+    if revote and recorded is None:
+        raise BadInput("revote chooses again among the candidates of a predictions file: give predictions_in")
     if resume and (predictions_out is None or recorded is not None or gold):
         raise BadInput("resume continues a model's run: it needs the predictions file that run was writing")
     answered = _answered_before(predictions_out, examples) if resume else {}
@@ -205,9 +212,12 @@ def evaluate_spider(
                         path=path, model_dialect=model_dialect if from_model or path == "duckdb" else SPIDER_DIALECT,
                         predictions_in=str(predictions_in) if predictions_in is not None else None,
                         transpile_from=transpile_from if path == "sqlite" else None,
-                        ask_options=ask_options, resumed=len(answered))
+                        ask_options=ask_options, resumed=len(answered), revote=revote)
     if gold:
         report.generation = "the gold SQL, checked and run by pipelines.sql.pipeline.run_sql"
+    elif revote:
+        report.generation = ("candidates recorded in a predictions file, checked, run and chosen among again by "
+                             "pipelines.sql.pipeline.vote_on_candidates (the model not asked; latency as recorded)")
     elif recorded is not None:
         report.generation = "SQL read from a predictions file, checked and run by pipelines.sql.pipeline.run_sql"
     if path == "duckdb":
@@ -264,8 +274,13 @@ def evaluate_spider(
                     report.cancelled = True
                     break
                 predicted = _model_sql(answer)
+            elif revote and recorded[example.index].get("vote"):
+                line = recorded[example.index]
+                answer = vote_on_candidates(example.question, database, line["vote"]["sql"], dialect=model_dialect)
+                predicted = answer.attempts[-1].sql  # the chosen candidate's
+                record["seconds"] = line.get("seconds")  # the recorded run's: generation is most of it
             else:
-                predicted = example.query if gold else recorded[example.index]
+                predicted = example.query if gold else recorded[example.index].get("predicted_sql") or None
                 answer = run_sql(predicted, database) if predicted else None
             record["predicted_sql"] = predicted
             record.setdefault("pipeline_error", answer.error if answer is not None else None)
@@ -290,9 +305,9 @@ def evaluate_spider(
                 continue
             report.scored += 1
             report.by_hardness[level].scored += 1
-            if answer is not None:
+            if answer is not None and "seconds" not in record:
                 record["seconds"] = round(answer.timings.total_ms / 1000, 3)
-            if "seconds" in record:
+            if record.get("seconds") is not None:
                 latencies.append(record["seconds"] * 1000)
             if match.correct:
                 report.correct += 1
@@ -347,8 +362,8 @@ def _model_sql(answer) -> str | None:
     return written or answer.sql
 
 
-def _read_predictions(path: str | Path, examples: list[SpiderExample]) -> dict[int, str | None]:
-    """{index: predicted SQL} for `examples` from a JSONL written by --predictions-out (same split)."""
+def _read_predictions(path: str | Path, examples: list[SpiderExample]) -> dict[int, dict]:
+    """{index: its line} for `examples` from a JSONL written by --predictions-out (same split)."""
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"no predictions file at {path}")
@@ -362,14 +377,14 @@ def _read_predictions(path: str | Path, examples: list[SpiderExample]) -> dict[i
                 by_index[int(row["index"])] = row
             except (ValueError, KeyError, TypeError):
                 raise BadInput(f"{path}:{number} is not a predictions line (JSON with an index)") from None
-    predictions: dict[int, str | None] = {}
+    predictions: dict[int, dict] = {}
     for example in examples:
         row = by_index.get(example.index)
         if row is None:
             raise BadInput(f"{path} has no prediction for question {example.index} of this split")
         if row.get("db_id") != example.db_id or row.get("question") != example.question:
             raise BadInput(f"{path} does not match this split: question {example.index} differs")
-        predictions[example.index] = row.get("predicted_sql") or None
+        predictions[example.index] = row
     return predictions
 
 

@@ -20,7 +20,10 @@ Functions and tables named like macros stored in the database (`macros=`) are re
 The guard works under a budget (MAX_SQL_CHARS, MAX_TOKENS, MAX_NODES, TIME_BUDGET_S) and refuses, with that
 reason, a query that exceeds it; its scope analysis is one pass over the tree.
 SQL parsed as SQLite keeps SQLite's meaning of `"France"`: a double-quoted word that names no column in scope is
-a string, and the DuckDB rendering writes it as one (DuckDB would read it as a column and fail).
+a string, and the DuckDB rendering writes it as one (DuckDB would read it as a column and fail); its LIKE, which
+ignores case, becomes ILIKE. In any dialect, a column of an aggregate query that is neither grouped nor aggregated
+(SQLite's "bare column", a habit models keep) is wrapped in any_value() or arg_max()/arg_min(), which is what SQLite
+returns for it; DuckDB would refuse the query.
 The guard is one layer; the sandbox (sandbox.py) assumes it can be wrong.
 """
 
@@ -143,6 +146,9 @@ def _check(sql: str, tables: dict[str, str] | None, dialect: str, columns: dict[
     _check_statement(statement, tables, budget)
     if dialect == "sqlite":
         _keep_sqlite_meaning(statement, columns)
+    if columns is not None:
+        _qualify_join_keys(statement, columns)
+    _complete_bare_columns(statement)
     budget.check()
     normalized = statement.sql(dialect="duckdb", comments=False)
     if dialect != "duckdb" or normalized != sql:
@@ -200,38 +206,105 @@ def _keep_sqlite_meaning(statement: exp.Expression, columns: dict[str, set[str]]
         _sqlite_quoted_strings_to_literals(statement, columns)
     for like in list(statement.find_all(exp.Like)):  # SQLite's LIKE ignores ASCII case; DuckDB's does not
         like.replace(exp.ILike(this=like.this, expression=like.expression))
+
+
+def _qualify_join_keys(statement: exp.Expression, columns: dict[str, set[str]]) -> None:
+    """`SELECT id ... FROM a JOIN b ON a.id = b.id`: DuckDB calls the bare `id` ambiguous, though the inner join
+    makes both the same value (what USING would say). Such a column is given the first of those tables."""
     for select in list(statement.find_all(exp.Select)):
-        _sqlite_bare_columns(select)
+        scope = [(t.alias_or_name, t.name.lower()) for t in select.find_all(exp.Table)
+                 if t.find_ancestor(exp.Select) is select]
+        if len(scope) < 2:
+            continue
+        linked: dict[str, list[set[str]]] = {}  # column -> groups of aliases an inner join equates on it
+        for join in select.args.get("joins") or []:
+            if join.args.get("side") or join.args.get("kind") not in (None, "INNER"):
+                continue  # an outer join may leave one side NULL
+            for equal in (join.args["on"].find_all(exp.EQ) if join.args.get("on") else ()):
+                left, right = equal.left, equal.right
+                if (isinstance(left, exp.Column) and isinstance(right, exp.Column) and left.table and right.table
+                        and left.name.lower() == right.name.lower()):
+                    _merge(linked.setdefault(left.name.lower(), []), {left.table.lower(), right.table.lower()})
+        outputs = {item.alias.lower() for item in select.expressions if isinstance(item, exp.Alias)}
+        for column in list(select.find_all(exp.Column)):
+            name = column.name.lower()
+            if column.table or name in outputs or name not in linked or column.find_ancestor(exp.Select) is not select:
+                continue
+            owners = [alias for alias, table in scope if name in columns.get(table, ())]
+            if len(owners) > 1 and any({o.lower() for o in owners} <= group for group in linked[name]):
+                column.set("table", exp.to_identifier(owners[0]))
 
 
-def _sqlite_bare_columns(select: exp.Select) -> None:
-    """SQLite allows columns that are neither grouped nor aggregated (`SELECT name, count(*) ... GROUP BY id`),
-    taking them from some row of the group, or from the row of the one max()/min() (SQLite's documented
-    "bare columns"); DuckDB refuses them. Wrap them in any_value(), or arg_max()/arg_min() after one max/min."""
+def _merge(groups: list[set[str]], pair: set[str]) -> None:
+    touching = [g for g in groups if g & pair]
+    for group in touching:
+        groups.remove(group)
+        pair |= group
+    groups.append(pair)
+
+
+def _complete_bare_columns(statement: exp.Expression) -> None:
+    """SQLite (and MySQL) allow columns that are neither grouped nor aggregated (`SELECT name, count(*) ... GROUP
+    BY id`), taking them from some row of the group, or from the row of the one max()/min() (SQLite's documented
+    "bare columns"); DuckDB refuses such a query. Wrap them in any_value(), or arg_max()/arg_min() after one max/min.
+    Models keep this habit whatever dialect they were told to write, and only queries DuckDB would refuse change:
+    a column that is grouped, part of a grouped expression, or an output name is left alone."""
+    for select in list(statement.find_all(exp.Select)):
+        _complete_select(select)
+
+
+def _complete_select(select: exp.Select) -> None:
     group = select.args.get("group")
     items = list(select.expressions)
     own_aggregates = [a for item in items for a in item.find_all(exp.AggFunc)
                       if a.find_ancestor(exp.Select) is select and not a.find_ancestor(exp.Window)]
     if not group and not own_aggregates:
         return
-    grouped = {g.sql() for g in (group.expressions if group else [])}
-    aliases = {item.alias for item in items if isinstance(item, exp.Alias)}
+    if group and (any(value for key, value in group.args.items() if key != "expressions")
+                  or any(isinstance(key, (exp.Rollup, exp.Cube, exp.GroupingSets)) for key in group.expressions)):
+        return  # GROUP BY ALL / ROLLUP / CUBE / GROUPING SETS: left to DuckDB's own rules
+    grouped = set()
+    for key in (group.expressions if group else []):
+        if isinstance(key, exp.Literal) and not key.is_string:  # GROUP BY 2: the second output column
+            position = int(key.name) - 1 if key.name.isdigit() else -1
+            if 0 <= position < len(items):
+                grouped.add(_unaliased(items[position]).sql().lower())
+        else:
+            grouped.add(key.sql().lower())
+    aliases = {item.alias.lower() for item in items if isinstance(item, exp.Alias)}
+    grouped |= {_unaliased(item).sql().lower() for item in items if item.alias.lower() in grouped}
     extremes = [a for a in own_aggregates if isinstance(a, (exp.Max, exp.Min))]
-    parts = items + [o.this for o in (select.args.get("order").expressions if select.args.get("order") else [])]
+    order = select.args.get("order")
+    parts = items + [o.this for o in (order.expressions if order else [])]
     if select.args.get("having"):
         parts.append(select.args["having"].this)
     for part in parts:
         for column in list(part.find_all(exp.Column)):
-            owner = column.find_ancestor(exp.AggFunc, exp.Select)  # the nearest aggregate or query around it
-            if owner is not select or column.sql() in grouped or isinstance(column.this, exp.Star):
-                continue  # aggregated, in a subquery, grouped, or t.*
-            if not column.table and column.name in aliases:
+            owner = column.find_ancestor(exp.AggFunc, exp.Select, exp.Lambda)  # the nearest one around it
+            if owner is not select or isinstance(column.this, exp.Star):
+                continue  # aggregated, in a subquery or a lambda, or t.*
+            if not column.table and column.name.lower() in aliases:
                 continue  # an output name: ORDER BY n
+            if any(node.sql().lower() in grouped for node in _up_to(column, part)):
+                continue  # grouped, or inside a grouped expression (GROUP BY a + b)
             if len(extremes) == 1 and extremes[0].this is not None:
                 kind = "ARG_MAX" if isinstance(extremes[0], exp.Max) else "ARG_MIN"
                 column.replace(exp.Anonymous(this=kind, expressions=[column.copy(), extremes[0].this.copy()]))
             else:
                 column.replace(exp.Anonymous(this="ANY_VALUE", expressions=[column.copy()]))
+
+
+def _unaliased(item: exp.Expression) -> exp.Expression:
+    return item.this if isinstance(item, exp.Alias) else item
+
+
+def _up_to(node: exp.Expression, top: exp.Expression):
+    """`node` and its ancestors, up to and including `top`."""
+    while node is not None:
+        yield node
+        if node is top:
+            return
+        node = node.parent
 
 
 def _sqlite_quoted_strings_to_literals(statement: exp.Expression, columns: dict[str, set[str]]) -> None:

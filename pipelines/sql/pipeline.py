@@ -25,6 +25,7 @@ from pipelines.sql.extract import extract_sql
 from pipelines.sql.grammar import sql_grammar
 from pipelines.sql.prompt import build_messages, retry_messages
 from pipelines.sql.values import schema_with_values
+from pipelines.sql.vote import choose
 
 DEFAULT_MAX_RETRIES = 2
 VOTE_CANDIDATES = 8  # on the seeded Spider-dev sample: 32 right of 94 against 28 greedy (README, "Voting")
@@ -138,8 +139,9 @@ def ask_stream(
     `audio` (16 kHz samples) asks a spoken question end to end, on an engine with `audio_input` (Ultravox);
     `question` is then only the Answer's label.
     `candidates` > 1 votes by execution: after the greedy reply, candidates - 1 sampled replies are generated in
-    one batch and run; the result most of them return is the answer (ties go to the greedy reply's). Default
-    (None): `default_candidates(engine)`.
+    one batch and run, and one is chosen by `pipelines.sql.vote.choose` (what of the question it uses, then how
+    many clean candidates return its rows, then how many in all; ties go to the greedy reply's). Default (None):
+    `default_candidates(engine)`.
     """
     started = time.perf_counter()
     if candidates is None:
@@ -207,10 +209,8 @@ def default_candidates(engine: Engine) -> int:
 
 def _vote(greedy: Attempt, greedy_tokens: int, messages: list, params: SamplingParams, candidates: int, database: Database,
           engine: Engine, adapter: str | None, answer: Answer, dialect: str) -> Attempt:
-    """Sample candidates - 1 more replies in one batch, run each, and keep the result most candidates return
-    (the greedy reply's on a tie). Results with rows outvote empty ones: a question is rarely asked for nothing,
-    and a wrong filter returns nothing far more often than a wrong query returns rows someone else also got.
-    Returns the chosen candidate's attempt; `answer` holds its result."""
+    """Sample candidates - 1 more replies in one batch, run each, and choose among all of them
+    (`pipelines.sql.vote.choose`). Returns the chosen candidate's attempt; `answer` holds its result."""
     started = time.perf_counter()
     # A batch lasts as long as its longest row: a sample far longer than the greedy reply is rambling, so it is
     # cut (and, cut, does not run).
@@ -222,26 +222,52 @@ def _vote(greedy: Attempt, greedy_tokens: int, messages: list, params: SamplingP
     tried = [(greedy, answer if greedy.error is None else None)]
     for number, generation in enumerate(samples, 1):
         scratch = Answer(answer.question, answer.database, answer.model, answer.adapter)
-        attempt = _extract_and_check(generation.text, database, scratch, dialect)
+        attempt = _run_candidate(_extract_and_check(generation.text, database, scratch, dialect), database, scratch,
+                                 answer)
         attempt.decoding, attempt.grammar = f"sampled (vote {number})", generation.grammar
-        if attempt.error is None:
-            attempt = _execute(attempt, database, scratch)
-        answer.timings.validation_ms += scratch.timings.validation_ms
-        answer.timings.execution_ms += scratch.timings.execution_ms
         tried.append((attempt, scratch if attempt.error is None else None))
-    groups: dict[tuple, list[int]] = {}
-    for index, (_, result) in enumerate(tried):
-        if result is not None:
-            groups.setdefault(_result_key(result), []).append(index)
-    executed = sum(len(members) for members in groups.values())
-    with_rows = {key: members for key, members in groups.items() if key[2] > 0}
-    groups = with_rows or groups
-    # most votes first; then the group holding the greedy reply (index 0), then the earliest
-    winner = min(groups.values(), key=lambda members: (-len(members), members[0]), default=[0])
-    attempt, result = tried[winner[0]]
-    answer.vote = {"candidates": len(tried), "executed": executed,
-                   "votes": len(winner) if groups else 0,
-                   "chosen": "greedy" if winner[0] == 0 else f"sample {winner[0]}",
+    return _choose(tried, database, answer)
+
+
+def vote_on_candidates(question: str, database: Database, sqls: list[str | None], *,
+                       dialect: str | None = None) -> Answer:
+    """Check and run recorded candidate queries (the greedy reply's first) and choose among them as a vote does,
+    without a model: `eval-spider --revote` measures a change to the guard or the choice on a recorded run."""
+    answer = Answer(question, database.name, model="(recorded candidates)", adapter=None)
+    started = time.perf_counter()
+    tried = []
+    for number, sql in enumerate(sqls):
+        scratch = Answer(question, database.name, answer.model, None)
+        attempt = _check(sql, sql, database, scratch, dialect) if sql else \
+            Attempt("", None, "extract", "the reply contains no SQL query")
+        attempt = _run_candidate(attempt, database, scratch, answer)
+        attempt.decoding = "greedy" if number == 0 else f"sampled (vote {number})"
+        tried.append((attempt, scratch if attempt.error is None else None))
+    answer.attempts.append(_choose(tried, database, answer))
+    answer.error = answer.attempts[-1].error
+    answer.timings.total_ms = (time.perf_counter() - started) * 1000
+    return answer
+
+
+def _run_candidate(attempt: Attempt, database: Database, scratch: Answer, answer: Answer) -> Attempt:
+    """Run a checked candidate into `scratch`, adding its time to `answer`'s."""
+    if attempt.error is None:
+        attempt = _execute(attempt, database, scratch)
+    answer.timings.validation_ms += scratch.timings.validation_ms
+    answer.timings.execution_ms += scratch.timings.execution_ms
+    return attempt
+
+
+def _choose(tried: list[tuple[Attempt, Answer | None]], database: Database, answer: Answer) -> Attempt:
+    """Pick among (attempt, its result or None) with `pipelines.sql.vote.choose`; `answer` takes the winner's rows."""
+    started = time.perf_counter()
+    choice = choose([a.sql for a, _ in tried], [_result_key(r) if r is not None else None for _, r in tried],
+                    answer.question, database)
+    answer.timings.validation_ms += (time.perf_counter() - started) * 1000
+    attempt, result = tried[choice.index]
+    answer.vote = {"candidates": len(tried), "executed": sum(1 for _, r in tried if r is not None),
+                   "votes": choice.votes, "clean_votes": choice.clean_votes, "grounding": choice.grounding,
+                   "chosen": "greedy" if choice.index == 0 else f"sample {choice.index}",
                    "sql": [a.sql for a, _ in tried]}
     if result is not None and result is not answer:
         answer.sql, answer.columns, answer.rows = result.sql, result.columns, result.rows
@@ -250,7 +276,7 @@ def _vote(greedy: Attempt, greedy_tokens: int, messages: list, params: SamplingP
 
 
 def _result_key(answer: Answer) -> tuple:
-    """What two candidates must share to count as the same answer: their rows, in any order."""
+    """What two candidates must share to count as the same answer: their rows, in any order (then the row count)."""
     return len(answer.columns), tuple(sorted(repr(row) for row in answer.rows)), answer.row_count
 
 

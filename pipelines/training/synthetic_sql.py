@@ -216,7 +216,8 @@ def evaluate_analytics(engine, count: int, *, seed: int = HELD_OUT_SEED, folder:
                                      order_matters(example.query)))
         records.append({"question": example.question, "gold_sql": example.query, "predicted_sql": answer.sql if
                         answer else None, "error": answer.error if answer else "no answer", "correct": correct,
-                        "total_ms": round(answer.timings.total_ms) if answer else None})
+                        "total_ms": round(answer.timings.total_ms) if answer else None,
+                        "vote": answer.vote if answer else None})
         if progress:
             progress(done, len(examples))
     correct = sum(r["correct"] for r in records)
