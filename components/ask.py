@@ -179,8 +179,10 @@ def _attempts(answer: Answer) -> str:
     lines = [f"Schema-constrained decoding {answer.constrained}."] if unavailable else []
     if answer.vote:
         vote = answer.vote
+        grounding = (f" It uses {vote['grounding']} of what the question names (values, numbers, a 'not')."
+                     if vote.get("grounding") else "")
         lines.append(f"Voted over {vote['candidates']} candidates ({vote['executed']} ran): {vote['votes']} gave "
-                     f"this result; chosen: the {vote['chosen']} reply." if vote["votes"] else
+                     f"this result; chosen: the {vote['chosen']} reply.{grounding}" if vote["votes"] else
                      f"Voted over {vote['candidates']} candidates: none ran.")
     for number, attempt in enumerate(answer.attempts, 1):
         how = attempt.decoding + (", grammar dead-ended: decoded freely" if attempt.grammar == "fell back" else "")
@@ -223,6 +225,7 @@ def _cleared_answer_outputs() -> tuple:
 def pick_database(ctx: AskContext, database: str, session: dict) -> tuple:
     """(schema, description, examples, *cleared answer): a new database shows its schema and examples, and the
     previous answer goes."""
+    session["picked"] = database  # a question still streaming for the previous one stops (see _still_picked)
     try:
         db = _database(database, session, ctx.demos)
     except VoxQLError as error:
@@ -266,12 +269,22 @@ def ask_question(ctx: AskContext, question: str, database: str, adapter: str, co
     session_key = request.session_hash if request else None
     if session_key:
         _ANSWERING[session_key] = question.strip()
+    session["picked"] = database
     try:
         yield (*_cleared_answer_outputs(), "")  # the previous answer goes before the new one starts
-        yield from ((*values, gr.skip()) for values in
-                    _answer_stream(ctx, question, database, adapter, constrain, value_hints, session, history))
+        for values in _answer_stream(ctx, question, database, adapter, constrain, value_hints, session, history):
+            if not _still_picked(session, database):
+                return
+            yield (*values, gr.skip())
     finally:
         _ANSWERING.pop(session_key, None)
+
+
+def _still_picked(session: dict, database: str) -> bool:
+    """Whether `database` is still the one picked (asking or comparing picks it too). Switching cancels a running
+    question, but a step already under way when the cancel lands could still show its output under the new
+    database; this check stops it."""
+    return session.get("picked", database) == database
 
 
 def run_typed_sql(ctx: AskContext, sql: str, database: str, session: dict, history: list) -> tuple:
@@ -292,6 +305,7 @@ def compare_answers(ctx: AskContext, question: str, database: str, adapter: str,
     if not question or not question.strip():
         yield problem("type a question first")
         return
+    session["picked"] = database
     try:
         db = _database(database, session, ctx.demos)
         engine = get_engine(ctx.profile.sql_model, ctx.profile.sql_adapter)
@@ -308,6 +322,8 @@ def compare_answers(ctx: AskContext, question: str, database: str, adapter: str,
                 else:
                     values[at:at + 3] = [event.sql or "", f"{_status(event)}  \n{_timings(event)}",
                                          results_frame(event.columns, event.rows)]
+                if not _still_picked(session, database):
+                    return
                 yield (gr.Accordion(open=True), *values)
     except VoxQLError as error:
         yield problem(str(error))

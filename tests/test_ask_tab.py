@@ -53,3 +53,31 @@ def test_bound_handlers_keep_their_name_parameters_and_request_hint():
     streaming = bind_context(ask.compare_answers, ctx)
     assert inspect.isgeneratorfunction(streaming)
     assert "type a question first" in next(streaming("", "shop", "base", True, True, {}))[2]
+
+
+def test_the_attempts_say_how_the_vote_chose(shop_db):
+    from pipelines.sql.databases import DuckDBDatabase
+    from pipelines.sql.pipeline import vote_on_candidates
+
+    everyone = "SELECT count(*) FROM customers"
+    answer = vote_on_candidates("How many customers are in France?", DuckDBDatabase(shop_db),
+                                [everyone, everyone, "SELECT count(*) FROM customers WHERE country = 'France'"])
+    text = ask._attempts(answer)
+    assert "Voted over 3 candidates (3 ran): 1 gave this result; chosen: the sample 2 reply." in text
+    assert "It uses 2 of what the question names" in text
+
+
+def test_an_answer_stops_streaming_once_another_database_is_picked(monkeypatch):
+    """The browser test's race, step by step: a step of the old question that finishes after the switch shows
+    nothing."""
+    def steps(ctx, question, database, *rest):
+        for sql in ("SELECT", "SELECT count(*)", "SELECT count(*) FROM customers"):
+            yield (sql, "Generating…", *[gr.skip()] * 8)
+
+    monkeypatch.setattr(ask, "_answer_stream", steps)
+    ctx, session = ask.AskContext(resolve_profile("cpu"), {}), {}
+    stream = ask.ask_question(ctx, "How many customers?", "shop", "default", True, True, session, [], None)
+    next(stream)  # the previous answer cleared
+    assert next(stream)[0] == "SELECT" and session["picked"] == "shop"
+    session["picked"] = "world_1"  # what pick_database does
+    assert list(stream) == []
