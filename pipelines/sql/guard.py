@@ -23,7 +23,8 @@ SQL parsed as SQLite keeps SQLite's meaning of `"France"`: a double-quoted word 
 a string, and the DuckDB rendering writes it as one (DuckDB would read it as a column and fail); its LIKE, which
 ignores case, becomes ILIKE. In any dialect, a column of an aggregate query that is neither grouped nor aggregated
 (SQLite's "bare column", a habit models keep) is wrapped in any_value() or arg_max()/arg_min(), which is what SQLite
-returns for it; DuckDB would refuse the query.
+returns for it; and an unqualified column that an inner join equates (`ON a.id = b.id`) is given the first of those
+tables. DuckDB would refuse both queries, so no query it runs changes.
 The guard is one layer; the sandbox (sandbox.py) assumes it can be wrong.
 """
 
