@@ -11,8 +11,8 @@ majority is often a query that ignores part of the question. So groups are ranke
 Groups with rows outrank empty ones: a question is rarely asked for nothing, and a wrong filter returns nothing
 far more often than a wrong query returns rows someone else also got. Within the winning group, the member with
 the fewest defects is shown.
-Measured on Spider dev (README, "The shipped CPU adapter"); the signals were chosen by reading that set's failures, so the README
-also gives the held-out check.
+Measured on Spider dev (README, "The shipped CPU adapter"); the signals were chosen by reading that set's
+failures, so the README also gives the held-out check.
 """
 
 from __future__ import annotations
