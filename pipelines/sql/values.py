@@ -33,14 +33,14 @@ class ColumnValues:
     values: tuple[str, ...]
 
     def render(self) -> str:
-        return f"{self.table}.{self.column} " + ", ".join(_sql_string(v) for v in self.values)
+        return f"{self.table}.{self.column} " + ", ".join(sql_string(v) for v in self.values)
 
 
 def text_columns(schema: Schema) -> list[tuple[str, str]]:
     return [(t.name, c.name) for t in schema.tables for c in t.columns if _TEXT_TYPE.search(c.type or "")]
 
 
-def _sql_string(value: str) -> str:
+def sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -75,7 +75,7 @@ def matching_values(database, question: str) -> list[ColumnValues]:
     columns = text_columns(database.schema)
     if not phrases or not columns:
         return []
-    candidates = ", ".join(_sql_string(p) for p in phrases)
+    candidates = ", ".join(sql_string(p) for p in phrases)
     parts = []
     for index, (table, column) in enumerate(columns):
         c = quote_identifier(column)

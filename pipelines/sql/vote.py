@@ -24,7 +24,7 @@ import sqlglot
 from sqlglot import exp
 
 from pipelines.sql.schema import Schema, quote_identifier
-from pipelines.sql.values import ColumnValues, matching_values
+from pipelines.sql.values import ColumnValues, sql_string, matching_values
 
 _NEGATION = re.compile(r"\b(not|no|never|without|except)\b", re.I)
 _SQL_NEGATION = re.compile(r"\bNOT\b|<>|!=|\bEXCEPT\b", re.I)
@@ -178,7 +178,7 @@ def _held_literals(wanted: set[tuple[str, str, str]], database, columns: dict) -
         return {}
     names = {t.name.lower(): t.name for t in database.schema.tables}
     parts = [f"SELECT * FROM (SELECT {k} AS k FROM {quote_identifier(names[table])} WHERE "
-             f"CAST({quote_identifier(column)} AS VARCHAR) = '{text.replace(chr(39), chr(39) * 2)}' LIMIT 1) AS q{k}"
+             f"CAST({quote_identifier(column)} AS VARCHAR) = {sql_string(text)} LIMIT 1) AS q{k}"
              for k, (table, column, text) in enumerate(wanted)]
     result = database.run(" UNION ALL ".join(parts))
     if not result.ok:
