@@ -109,6 +109,24 @@ def _wav(path, seconds=1.5):
     sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
     return path
 
+@needs_tools
+@needs_spider
+def test_a_run_can_continue_the_shipped_projector(corpus, tmp_path, capsys):
+    import torch
+
+    from pipelines.profiles import CPU_ULTRAVOX_DIR
+    from pipelines.speech.ultravox import read_projector
+
+    # a learning rate of 0 leaves the weights where they started: the shipped ones, not a new random projector
+    assert main(["train-projector", "--data", str(corpus / "train.jsonl"), "--output-dir", str(tmp_path / "uv"),
+                 "--init-projector", str(CPU_ULTRAVOX_DIR), "--ctc-steps", "0", "--kd-steps", "1",
+                 "--batch-size", "2", "--learning-rate", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "completed"
+    shipped, continued = read_projector(CPU_ULTRAVOX_DIR), read_projector(tmp_path / "uv")
+    assert shipped.keys() == continued.keys()
+    assert all(torch.equal(shipped[key].float(), continued[key].float()) for key in shipped)
+
+
 
 def test_sql_audio_end_to_end_through_the_speech_in_model(tiny_ultravox, tiny_llama_dir, shop_db, tmp_path,
                                                           monkeypatch, capsys):

@@ -191,3 +191,13 @@ def test_a_result_with_rows_outvotes_empty_ones(shop):
     answer = ask(TAUGHT_QUESTION, shop, engine, candidates=3, max_retries=0, constrain=False)
     assert answer.rows == [[1]] and answer.vote["chosen"] == "sample 2" and answer.vote["votes"] == 1
     assert answer.vote["executed"] == 3
+
+
+def test_a_count_per_group_shows_what_it_counts(shop):
+    from tests.test_spider_evaluate import ScriptedEngine
+
+    question = "How many orders per status?"
+    engine = ScriptedEngine({question: "SELECT count(*) FROM orders GROUP BY status"})
+    answer = ask(question, shop, engine, candidates=1, max_retries=0, constrain=False)
+    assert answer.ok and answer.columns[0].lower() == "status" and len(answer.columns) == 2
+    assert {row[0] for row in answer.rows} == {row[0] for row in shop.run("SELECT DISTINCT status FROM orders").rows}

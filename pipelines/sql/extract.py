@@ -48,3 +48,32 @@ def _until_semicolon(text: str) -> str:
 def _tidy(sql: str) -> str | None:
     sql = sql.strip().rstrip(";").strip().strip("`").strip()
     return sql or None
+
+
+_PER_GROUP = re.compile(r"\b(per|by|each|every)\b", re.I)
+
+
+def show_group_keys(sql: str, question: str, dialect: str | None = None) -> str:
+    """`SELECT count(*) FROM orders GROUP BY status` for "How many orders per status?" gives counts nobody can
+    read: when the question asks per/by/each something and a grouped query shows only aggregates, its group keys
+    are put in front. A query with LIMIT is left alone ("the type with the most customers": the count is the
+    answer), as is anything sqlglot cannot read (the guard says why)."""
+    import sqlglot
+    from sqlglot import exp
+
+    if not _PER_GROUP.search(question or ""):
+        return sql
+    try:
+        select = sqlglot.parse_one(sql, read=dialect)
+    except (sqlglot.errors.SqlglotError, RecursionError):  # RecursionError: nested too deeply, the guard refuses it
+        return sql
+    group = select.args.get("group") if isinstance(select, exp.Select) else None
+    if group is None or select.args.get("limit") or not group.expressions:
+        return sql
+    keys = group.expressions
+    if not all(isinstance(key, exp.Column) for key in keys):  # GROUP BY 1, ALL, ROLLUP, an expression: leave it
+        return sql
+    if not all(isinstance(item.unalias(), exp.AggFunc) for item in select.expressions):
+        return sql
+    select.set("expressions", [key.copy() for key in keys] + list(select.expressions))
+    return select.sql(dialect=dialect)

@@ -21,7 +21,7 @@ from pipelines.engine import DEFAULT_ADAPTER, Engine, SamplingParams
 from pipelines.errors import BadInput
 from pipelines.profiles import recorded_dialect
 from pipelines.sql.databases import Database
-from pipelines.sql.extract import extract_sql
+from pipelines.sql.extract import extract_sql, show_group_keys
 from pipelines.sql.grammar import sql_grammar
 from pipelines.sql.prompt import build_messages, retry_messages
 from pipelines.sql.values import schema_with_values
@@ -289,6 +289,7 @@ def _extract_and_check(reply: str, database: Database, answer: Answer, dialect: 
 
 def _check(reply: str, sql: str, database: Database, answer: Answer, dialect: str | None = None) -> Attempt:
     checked_at = time.perf_counter()
+    sql = show_group_keys(sql, answer.question, dialect or database.dialect)
     verdict = database.check(sql, dialect)
     answer.timings.validation_ms += (time.perf_counter() - checked_at) * 1000
     answer.sql = verdict.normalized or sql

@@ -53,6 +53,7 @@ class ProjectorTrainConfig:
     text_model: str = "embedded:smollm2"
     sql_adapter: str | None = None  # default: the cpu profile's shipped SQL adapter
     hidden_size: int = 1024  # linear_1's width (SwiGLU halves it)
+    init_projector: str | None = None  # an Ultravox folder whose projector this run continues (else a new one)
     ctc_steps: int = 300
     kd_steps: int = 500
     batch_size: int = 8
@@ -275,7 +276,7 @@ def train_projector(config: ProjectorTrainConfig, progress: ProgressCallback | N
     import torch
 
     from pipelines.profiles import CPU_SQL_ADAPTER_DIR
-    from pipelines.speech.ultravox import UltravoxConfig, save_ultravox
+    from pipelines.speech.ultravox import UltravoxConfig, checkpoint_folder, read_projector, save_ultravox
 
     started = time.perf_counter()
     report = progress or (lambda event: log.info("%s", event.message))
@@ -302,6 +303,9 @@ def train_projector(config: ProjectorTrainConfig, progress: ProgressCallback | N
     examples, schema_texts, data = load_examples(config)
     report(TrainProgress("data", f"{data['examples']} spoken questions over {data['databases']} databases "
                                  f"({data['skipped']} skipped: no DuckDB rendering of the gold)"))
+    if config.init_projector and not config.resume:  # the projector's shape comes with its weights
+        config = dataclasses.replace(config, hidden_size=UltravoxConfig.read(
+            checkpoint_folder(config.init_projector)).hidden_size)
     model_config = UltravoxConfig(audio_model_id=config.audio_model, text_model_id=config.text_model,
                                   hidden_size=config.hidden_size)
     model_config.write(out)
@@ -314,6 +318,9 @@ def train_projector(config: ProjectorTrainConfig, progress: ProgressCallback | N
         distiller.audio.projector.load_state_dict(saved["projector"])
         optimizer.load_state_dict(saved["optimizer"])
         step, history, previous_wall = saved["step"], saved["history"], saved["wall_time_s"]
+    elif config.init_projector:
+        report(TrainProgress("model", f"continuing the projector of {config.init_projector}"))
+        distiller.audio.projector.load_state_dict(read_projector(checkpoint_folder(config.init_projector)))
 
     def save_checkpoint() -> None:
         torch.save({"projector": distiller.audio.projector.state_dict(), "optimizer": optimizer.state_dict(),
