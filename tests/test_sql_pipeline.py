@@ -201,3 +201,5 @@ def test_a_count_per_group_shows_what_it_counts(shop):
     answer = ask(question, shop, engine, candidates=1, max_retries=0, constrain=False)
     assert answer.ok and answer.columns[0].lower() == "status" and len(answer.columns) == 2
     assert {row[0] for row in answer.rows} == {row[0] for row in shop.run("SELECT DISTINCT status FROM orders").rows}
+    typed = run_sql("SELECT count(*) FROM orders GROUP BY status", shop)  # a person's SQL runs as typed
+    assert typed.ok and len(typed.columns) == 1

@@ -164,3 +164,22 @@ def test_synthetic_examples_join_the_training_data_in_the_apps_prompt(tiny_spide
 def test_unknown_target_dialect_is_refused(tiny_spider):
     with pytest.raises(BadInput, match="target_dialect"):
         load_training_data(tiny_spider, target_dialect="oracle")
+
+
+def test_analytics_evaluation_scores_the_apps_answers_and_a_revote_needs_no_model(tmp_path):
+    from pipelines.training.synthetic_sql import evaluate_analytics, synthetic_examples
+    from tests.test_spider_evaluate import ScriptedEngine
+
+    examples = synthetic_examples(3, 7, tmp_path)
+    # right, wrong (rows of another query), and no SQL at all
+    engine = ScriptedEngine({examples[0].question: examples[0].query,
+                             examples[1].question: "SELECT 1 AS nothing_asked"})
+    report = evaluate_analytics(engine, 3, seed=7, folder=tmp_path, ask_options={"candidates": 1})
+    assert [r["correct"] for r in report["records"]] == [True, False, False] and report["correct"] == 1
+    assert report["records"][2]["error"] == "the reply contains no SQL query"
+
+    again = evaluate_analytics(None, 3, seed=7, folder=tmp_path, recorded=report["records"])
+    assert [r["correct"] for r in again["records"]] == [True, False, False]
+    assert again["records"][1]["predicted_sql"] == report["records"][1]["predicted_sql"]
+    with pytest.raises(BadInput, match="other questions"):
+        evaluate_analytics(None, 3, seed=8, folder=tmp_path, recorded=report["records"])

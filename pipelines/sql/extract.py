@@ -50,19 +50,15 @@ def _tidy(sql: str) -> str | None:
     return sql or None
 
 
-_PER_GROUP = re.compile(r"\b(per|by|each|every)\b", re.I)
 
-
-def show_group_keys(sql: str, question: str, dialect: str | None = None) -> str:
-    """`SELECT count(*) FROM orders GROUP BY status` for "How many orders per status?" gives counts nobody can
-    read: when the question asks per/by/each something and a grouped query shows only aggregates, its group keys
-    are put in front. A query with LIMIT is left alone ("the type with the most customers": the count is the
-    answer), as is anything sqlglot cannot read (the guard says why)."""
+def show_group_keys(sql: str, dialect: str | None = None) -> str:
+    """A grouped query that shows only aggregates (`SELECT count(*) FROM orders GROUP BY status`) gives numbers
+    nobody can read: its group keys are put in front. A query with LIMIT is left alone ("the type with the most
+    customers": the count is the answer), as is anything sqlglot cannot read (the guard says why). For the model's
+    SQL only: what a person types runs as typed."""
     import sqlglot
     from sqlglot import exp
 
-    if not _PER_GROUP.search(question or ""):
-        return sql
     try:
         select = sqlglot.parse_one(sql, read=dialect)
     except (sqlglot.errors.SqlglotError, RecursionError):  # RecursionError: nested too deeply, the guard refuses it

@@ -1,6 +1,7 @@
 """Question -> SQL -> checked -> run -> Answer, with self-correction.
 
-prompt (schema as DDL) -> generate (streamed) -> extract the SQL -> guard -> sandboxed run. On a missing query,
+prompt (schema as DDL) -> generate (streamed) -> extract the SQL (a grouped query that shows only aggregates gets
+its group keys in front) -> guard -> sandboxed run. On a missing query,
 a refusal or an execution error, the error goes back to the model as a new turn, up to `max_retries` times;
 every attempt is kept in the Answer. Retries are sampled: greedy decoding of the same prompt plus an error
 message mostly writes the same query again.
@@ -238,13 +239,14 @@ def vote_on_candidates(question: str, database: Database, sqls: list[str | None]
     tried = []
     for number, sql in enumerate(sqls):
         scratch = Answer(question, database.name, answer.model, None)
-        attempt = _check(sql, sql, database, scratch, dialect) if sql else \
-            Attempt("", None, "extract", "the reply contains no SQL query")
+        attempt = Attempt("", None, "extract", "the reply contains no SQL query") if not sql else \
+            _check(sql, show_group_keys(sql, dialect or database.dialect), database, scratch, dialect)
         attempt = _run_candidate(attempt, database, scratch, answer)
         attempt.decoding = "greedy" if number == 0 else f"sampled (vote {number})"
         tried.append((attempt, scratch if attempt.error is None else None))
     answer.attempts.append(_choose(tried, database, answer))
     answer.error = answer.attempts[-1].error
+    answer.sql = answer.sql or answer.attempts[-1].sql  # none ran: the chosen (greedy) query and its error, as ask's
     answer.timings.total_ms = (time.perf_counter() - started) * 1000
     return answer
 
@@ -284,12 +286,11 @@ def _extract_and_check(reply: str, database: Database, answer: Answer, dialect: 
     sql = extract_sql(reply)
     if sql is None:
         return Attempt(reply, None, "extract", "the reply contains no SQL query")
-    return _check(reply, sql, database, answer, dialect)
+    return _check(reply, show_group_keys(sql, dialect), database, answer, dialect)
 
 
 def _check(reply: str, sql: str, database: Database, answer: Answer, dialect: str | None = None) -> Attempt:
     checked_at = time.perf_counter()
-    sql = show_group_keys(sql, answer.question, dialect or database.dialect)
     verdict = database.check(sql, dialect)
     answer.timings.validation_ms += (time.perf_counter() - checked_at) * 1000
     answer.sql = verdict.normalized or sql

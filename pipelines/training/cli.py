@@ -193,14 +193,21 @@ def cmd_eval_analytics(args: argparse.Namespace) -> int:
     from pipelines.training.synthetic_sql import evaluate_analytics
 
     profile = profile_from_args(args)
-    engine = sql_engine_from_args(args)
+    recorded = None
+    if args.revote:  # no model: the recorded candidates, checked, run and chosen among again
+        earlier = json.loads(Path(args.revote).read_text(encoding="utf-8"))
+        recorded, engine = earlier["records"], None
+        model, adapter, constrained = f"candidates recorded in {args.revote}", earlier.get("adapter"), None
+    else:
+        engine = sql_engine_from_args(args)
+        model, adapter, constrained = engine.info.model, profile.sql_adapter, not args.no_constrain
     bar = tqdm(total=args.limit, desc="analytics", unit="q", file=sys.stderr)
     report = evaluate_analytics(engine, args.limit, seed=args.seed, folder=cache_dir() / "synthetic-sql-eval",
                                 dialect=profile.sql_dialect, ask_options={"constrain": not args.no_constrain},
-                                progress=lambda done, total: bar.update(done - bar.n))
+                                progress=lambda done, total: bar.update(done - bar.n), recorded=recorded)
     bar.close()
-    report = {"model": engine.info.model, "adapter": profile.sql_adapter, "dialect": profile.sql_dialect,
-              "constrained": not args.no_constrain, **report, **run_metadata(args.command_line)}
+    report = {"model": model, "adapter": adapter, "dialect": profile.sql_dialect, "constrained": constrained,
+              **report, **run_metadata(args.command_line)}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1, default=str))
@@ -287,4 +294,6 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="generator seed (default: the held-out one)")
     parser.add_argument("--no-constrain", action="store_true", help="decode freely, without the SQL grammar")
     parser.add_argument("--out", help="write the report (with every question) to this JSON file")
+    parser.add_argument("--revote", metavar="REPORT", help="ask no model: choose again among the candidates an "
+                        "earlier --out report recorded (same --seed and --limit), with today's guard and vote")
     parser.set_defaults(func=cmd_eval_analytics)

@@ -19,6 +19,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.errors import BadInput
+
 WHO = [("customer", "customers"), ("store", "stores"), ("vendor", "vendors"), ("patient", "patients"),
        ("driver", "drivers"), ("artist", "artists"), ("member", "members"), ("supplier", "suppliers"),
        ("agent", "agents"), ("client", "clients"), ("school", "schools"), ("team", "teams")]
@@ -191,33 +193,39 @@ def synthetic_examples(count: int, seed: int, folder: Path, today: dt.date | Non
 HELD_OUT_SEED = 1_000_003  # training draws seeds 0, 1, ...: this one makes databases no training run has seen
 
 
-def evaluate_analytics(engine, count: int, *, seed: int = HELD_OUT_SEED, folder: Path, dialect: str = "duckdb", ask_options: dict | None = None, progress=None) -> dict:
+def evaluate_analytics(engine, count: int, *, seed: int = HELD_OUT_SEED, folder: Path, dialect: str = "duckdb",
+                       ask_options: dict | None = None, progress=None, recorded: list[dict] | None = None) -> dict:
     """Execution accuracy of `engine` on `count` generated analytics questions over invented databases.
 
     Each question goes through the app's own pipeline (`ask_stream`: prompt with value hints, grammar, guard,
     sandbox); its rows are compared with the generated SQL's rows (order counts when that SQL has ORDER BY).
+    With `recorded` (the records of an earlier report of the same seed), no model is asked: each question's recorded
+    candidates are checked, run and chosen among again (`vote_on_candidates`), to measure a change to the guard or
+    the choice.
     """
     from pipelines.spider.exec_match import order_matters, result_eq
     from pipelines.sql.databases import DuckDBDatabase
-    from pipelines.sql.pipeline import Answer, ask_stream
+    from pipelines.sql.pipeline import ask, vote_on_candidates
 
     records, databases = [], {}
     examples = synthetic_examples(count, seed, folder)
+    if recorded is not None and [r["question"] for r in recorded[:len(examples)]] != [e.question for e in examples]:
+        raise BadInput("the recorded report asked other questions: revote with the seed and limit it was run with")
     for done, example in enumerate(examples, 1):
         database = databases.setdefault(example.database, DuckDBDatabase(example.database))
-        answer = None
-        for item in ask_stream(example.question, database, engine, max_retries=0, dialect=dialect,
-                               **(ask_options or {})):
-            if isinstance(item, Answer):
-                answer = item
+        if recorded is not None:  # the recorded SQL went through the guard: it is DuckDB's
+            earlier = recorded[done - 1]
+            candidates = (earlier.get("vote") or {}).get("sql") or [earlier["predicted_sql"]]
+            answer = vote_on_candidates(example.question, database, candidates, dialect="duckdb")
+        else:
+            answer = ask(example.question, database, engine, max_retries=0, dialect=dialect, **(ask_options or {}))
         gold = database.run(example.query)
-        correct = bool(answer and answer.executed and not answer.truncated and gold.ok
+        correct = bool(answer.executed and not answer.truncated and gold.ok
                        and result_eq([tuple(r) for r in gold.rows], [tuple(r) for r in answer.rows],
                                      order_matters(example.query)))
-        records.append({"question": example.question, "gold_sql": example.query, "predicted_sql": answer.sql if
-                        answer else None, "error": answer.error if answer else "no answer", "correct": correct,
-                        "total_ms": round(answer.timings.total_ms) if answer else None,
-                        "vote": answer.vote if answer else None})
+        records.append({"question": example.question, "gold_sql": example.query, "predicted_sql": answer.sql,
+                        "error": answer.error, "correct": correct, "total_ms": round(answer.timings.total_ms),
+                        "vote": answer.vote})
         if progress:
             progress(done, len(examples))
     correct = sum(r["correct"] for r in records)
