@@ -106,8 +106,8 @@ def finished_training(record: dict) -> str:
     if record["status"] == "completed":
         return (f"**Done:** {record['steps']} steps in {format_duration(record['wall_time_s'])}; the small Ultravox "
                 f"is in `{folder}`. Ask by voice with it: start the app with `VOXQL_SPEECH_SQL_MODEL={folder}`.")
-    return (f"**Cancelled** at step {record['steps']}/{record['max_steps']}; the checkpoint is kept "
-            f"(`python -m pipelines train-projector --output-dir {folder} --resume`).")
+    return (f"**Cancelled** at step {record['steps']}/{record['max_steps']}; the projector so far is in `{folder}` "
+            f"and the checkpoint is kept (`python -m pipelines train-projector --output-dir {folder} --resume`).")
 
 
 def training_view(job: Job):

@@ -88,6 +88,7 @@ def test_train_projector_distils_and_writes_an_ultravox_the_engine_answers_with(
 def test_a_cancelled_projector_run_resumes_from_its_folder_alone(corpus, tmp_path, capsys):
     import threading
 
+    from pipelines.speech.ultravox import read_projector
     from pipelines.training.projector_train import ProjectorTrainConfig, train_projector
 
     cancel = threading.Event()
@@ -95,6 +96,7 @@ def test_a_cancelled_projector_run_resumes_from_its_folder_alone(corpus, tmp_pat
                                   kd_steps=2, batch_size=2, warmup_steps=1, save_steps=10)
     first = train_projector(config, lambda event: event.step >= 1 and cancel.set(), cancel)
     assert first["status"] == "cancelled" and first["steps"] == 1
+    assert set(read_projector(tmp_path / "uv")) >= {"linear_1.weight"}  # the projector so far, usable as it is
     assert main(["train-projector", "--output-dir", str(tmp_path / "uv"), "--resume"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["status"] == "completed" and summary["steps"] == summary["max_steps"] == 3

@@ -271,7 +271,8 @@ def learning_rate_at(step: int, config: ProjectorTrainConfig) -> float:
 
 def train_projector(config: ProjectorTrainConfig, progress: ProgressCallback | None = None,
                     cancel: threading.Event | None = None, *, command: str | None = None) -> dict:
-    """Train the projector into `config.output_dir` (an Ultravox folder: config.json + model.safetensors).
+    """Train the projector into `config.output_dir` (an Ultravox folder: config.json + model.safetensors; a
+    cancelled run writes its projector so far, and a checkpoint that `resume` continues).
     Returns the run record written to training.json."""
     import torch
 
@@ -364,7 +365,7 @@ def train_projector(config: ProjectorTrainConfig, progress: ProgressCallback | N
     wall = previous_wall + time.perf_counter() - started
     record = {"status": status, "command": command, "steps": step, "max_steps": config.max_steps,
               "wall_time_s": round(wall, 1), "data": data, "config": config.to_dict(), "history": history}
-    if status == "completed":
+    if step > 0:  # a cancelled run's projector so far is usable as it is (training.json says it was cancelled)
         report(TrainProgress("save", f"saving the projector to {out}"))
         save_ultravox(out, model_config, distiller.audio.projector)
     (out / TRAINING_FILE).write_text(json.dumps(record, indent=2) + "\n")
