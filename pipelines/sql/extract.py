@@ -50,7 +50,6 @@ def _tidy(sql: str) -> str | None:
     return sql or None
 
 
-
 def show_group_keys(sql: str, dialect: str | None = None) -> str:
     """A grouped query that shows only aggregates (`SELECT count(*) FROM orders GROUP BY status`) gives numbers
     nobody can read: its group keys are put in front. A query with LIMIT is left alone ("the type with the most
