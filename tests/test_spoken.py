@@ -205,3 +205,10 @@ def test_eval_spoken_on_spider_rows_asks_three_ways_and_writes_its_report(corpus
     report = json.loads(out.read_text())
     assert report["command"].startswith("python -m pipelines eval-spoken") and len(report["records"]) == 2
     assert all(record["cascade"]["transcript"] for record in report["records"])  # the ASR heard words
+
+    assert main(["eval-spoken", "--data", str(corpus / "test.jsonl"), "--speech-model", str(tiny_ultravox),
+                 "--spider-dir", str(SPIDER_DIR), "--out", str(out), "--ways", "end-to-end"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary) == {"end-to-end", "out"} and summary["end-to-end"]["total"] == 2
+    assert set(json.loads(out.read_text())["records"][0]) == {"db", "question", "voice", "audio_s", "end-to-end"}
+    assert main(["eval-spoken", "--data", str(corpus / "test.jsonl"), "--ways", "end2end"]) == 2

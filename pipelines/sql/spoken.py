@@ -95,10 +95,13 @@ class SpokenScorer:
                     rows_match(gold.rows, answer.rows, row["gold"]))
 
 
+EVAL_WAYS = ("typed", *VOICE_PATHS)
+
+
 def evaluate_spoken(rows: list[dict], profile: Profile, *, text_engine, speech_engine, progress=None,
-                    spider_dir: str | None = None, **ask_kwargs) -> dict:
-    """Each spoken question (rows of make-spoken-questions' demo, dev or test split) asked three ways: typed,
-    cascade and end to end, each scored by execution match against its gold SQL (see SpokenScorer)."""
+                    spider_dir: str | None = None, ways: tuple[str, ...] = EVAL_WAYS, **ask_kwargs) -> dict:
+    """Each spoken question (rows of make-spoken-questions' demo, dev or test split) asked `ways`: typed, cascade
+    and end to end by default, each scored by execution match against its gold SQL (see SpokenScorer)."""
     from pipelines.speech.audio import load_audio
 
     scorer = SpokenScorer(spider_dir)
@@ -112,22 +115,25 @@ def evaluate_spoken(rows: list[dict], profile: Profile, *, text_engine, speech_e
                     "seconds": round(answer.timings.total_ms / 1000, 2),
                     "transcript": (answer.spoken or {}).get("transcript")}
 
-        if row["question"] not in typed:
-            typed[row["question"]] = score(ask(row["question"], database, text_engine, **ask_kwargs))
-        record = {"db": row["db_id"], "question": row["question"], "voice": row["voice"], "audio_s": row["duration_s"],
-                  "typed": typed[row["question"]],
-                  "cascade": score(ask_cascade(audio, database, text_engine, profile, **ask_kwargs)),
-                  "end-to-end": score(ask_end_to_end(audio, database, speech_engine, **ask_kwargs))}
+        record = {"db": row["db_id"], "question": row["question"], "voice": row["voice"], "audio_s": row["duration_s"]}
+        if "typed" in ways:  # the same text whatever the voice: asked once
+            if row["question"] not in typed:
+                typed[row["question"]] = score(ask(row["question"], database, text_engine, **ask_kwargs))
+            record["typed"] = typed[row["question"]]
+        if "cascade" in ways:
+            record["cascade"] = score(ask_cascade(audio, database, text_engine, profile, **ask_kwargs))
+        if "end-to-end" in ways:
+            record["end-to-end"] = score(ask_end_to_end(audio, database, speech_engine, **ask_kwargs))
         records.append(record)
         if progress:
             progress(number + 1, len(rows), record)
     summary = {}
-    for way in ("typed", "cascade", "end-to-end"):
+    for way in ways:
         scores = [r[way] for r in records]
         summary[way] = {"correct": sum(s["correct"] for s in scores), "total": len(scores),
                         "median_s": sorted(s["seconds"] for s in scores)[len(scores) // 2]}
-    typed_right = summary["typed"]["correct"]
-    summary["end_to_end_vs_typed"] = round(summary["end-to-end"]["correct"] / typed_right, 3) if typed_right else None
+    if {"typed", "end-to-end"} <= set(ways) and summary["typed"]["correct"]:
+        summary["end_to_end_vs_typed"] = round(summary["end-to-end"]["correct"] / summary["typed"]["correct"], 3)
     return {"summary": summary, "records": records}
 
 
@@ -141,6 +147,11 @@ def cmd_eval_spoken(args) -> int:
     from pipelines.speech.spoken_questions import load_spoken_questions
     from pipelines.spider.evaluate import run_metadata
 
+    asked = {way.strip() for way in args.ways.split(",") if way.strip()}
+    if not asked or asked - set(EVAL_WAYS):
+        print(f"error: --ways takes one or more of {', '.join(EVAL_WAYS)}, comma-separated", file=sys.stderr)
+        return 2
+    ways = tuple(way for way in EVAL_WAYS if way in asked)
     profile = resolve_profile(args.profile, speech_sql_model=args.speech_model)
     rows = load_spoken_questions(args.data)
     if args.sample:  # spread over the file (its rows come grouped by database)
@@ -153,13 +164,13 @@ def cmd_eval_spoken(args) -> int:
         rows = [clips[number % len(clips)] for number, clips in enumerate(by_question.values())]
 
     def progress(done, total, record):
-        marks = " ".join(f"{way}={'right' if record[way]['correct'] else 'wrong'}"
-                         for way in ("typed", "cascade", "end-to-end"))
+        marks = " ".join(f"{way}={'right' if record[way]['correct'] else 'wrong'}" for way in ways)
         print(f"eval-spoken {done}/{total}: {marks}  {record['question']}", file=sys.stderr)
 
-    result = evaluate_spoken(rows, profile, text_engine=get_engine(profile.sql_model, profile.sql_adapter),
-                             speech_engine=speech_sql_engine(profile), progress=progress,
-                             spider_dir=args.spider_dir,
+    needs_text = {"typed", "cascade"} & set(ways)
+    result = evaluate_spoken(rows, profile, progress=progress, spider_dir=args.spider_dir, ways=ways,
+                             text_engine=get_engine(profile.sql_model, profile.sql_adapter) if needs_text else None,
+                             speech_engine=speech_sql_engine(profile) if "end-to-end" in ways else None,
                              max_retries=args.retries, dialect=profile.sql_dialect)
     result = {"profile": profile.name, "data": args.data, "speech_sql_model": profile.speech_sql_model,
               "sql_model": profile.sql_model, "sql_adapter": profile.sql_adapter, "asr_model": profile.asr_model,
@@ -181,4 +192,7 @@ def register(subparsers) -> None:
     parser.add_argument("--speech-model", help="an Ultravox folder (default: the profile's)")
     parser.add_argument("--retries", type=int, default=0, help="self-corrections (default 0: the first try)")
     parser.add_argument("--all-voices", action="store_true", help="every clip, not one voice per question")
+    parser.add_argument("--ways", default=",".join(EVAL_WAYS),
+                        help="which ways to ask, comma-separated (default: typed,cascade,end-to-end; e.g. "
+                             "end-to-end alone to compare two projectors on the same clips)")
     parser.set_defaults(func=cmd_eval_spoken)
