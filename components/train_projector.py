@@ -107,7 +107,8 @@ def finished_training(record: dict) -> str:
         return (f"**Done:** {record['steps']} steps in {format_duration(record['wall_time_s'])}; the small Ultravox "
                 f"is in `{folder}`. Ask by voice with it: start the app with `VOXQL_SPEECH_SQL_MODEL={folder}`.")
     return (f"**Cancelled** at step {record['steps']}/{record['max_steps']}; the projector so far is in `{folder}` "
-            f"and the checkpoint is kept (`python -m pipelines train-projector --output-dir {folder} --resume`).")
+            f"and the checkpoint is kept. Continue it with `python -m pipelines train-projector --output-dir {folder} "
+            "--resume`")
 
 
 def training_view(job: Job):

@@ -42,3 +42,10 @@ def test_a_tiny_run_makes_its_corpus_trains_and_says_how_to_use_it(voxql_cache):
     assert status.startswith("**Done:** 2 steps") and f"VOXQL_SPEECH_SQL_MODEL={folder}" in status
     assert "KD step 2/2" in log_text and len(frame.value["data"]) == 2
     assert json.loads((folder / "config.json").read_text())["model_type"] == "ultravox"
+
+
+def test_a_cancelled_run_says_where_its_projector_is_and_how_to_resume(tmp_path):
+    record = {"status": "cancelled", "steps": 3, "max_steps": 10, "config": {"output_dir": str(tmp_path / "uv")}}
+    status = train_projector.finished_training(record)
+    assert status.startswith("**Cancelled** at step 3/10") and f"projector so far is in `{tmp_path / 'uv'}`" in status
+    assert f"train-projector --output-dir {tmp_path / 'uv'} --resume" in status
