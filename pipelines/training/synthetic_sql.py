@@ -197,7 +197,7 @@ def evaluate_analytics(engine, count: int, *, seed: int = HELD_OUT_SEED, folder:
                        ask_options: dict | None = None, progress=None, recorded: list[dict] | None = None) -> dict:
     """Execution accuracy of `engine` on `count` generated analytics questions over invented databases.
 
-    Each question goes through the app's own pipeline (`ask_stream`: prompt with value hints, grammar, guard,
+    Each question goes through the app's own pipeline (`ask`: prompt with value hints, grammar, guard, voting,
     sandbox); its rows are compared with the generated SQL's rows (order counts when that SQL has ORDER BY).
     With `recorded` (the records of an earlier report of the same seed), no model is asked: each question's recorded
     candidates are checked, run and chosen among again (`vote_on_candidates`), to measure a change to the guard or
