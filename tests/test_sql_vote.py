@@ -47,6 +47,15 @@ def test_a_join_off_the_foreign_keys_is_a_defect(shop):
     assert vote_on_candidates(question, shop, [off_key, off_key]).vote["clean_votes"] == 0
 
 
+def test_any_value_without_a_group_by_is_a_defect(shop):
+    """The adapter writes `SELECT ANY_VALUE(x), count(*)` (one arbitrary row's x beside a count of all rows)."""
+    arbitrary = "SELECT ANY_VALUE(country), count(*) FROM customers"
+    grouped = "SELECT ANY_VALUE(country), count(*) FROM customers GROUP BY country ORDER BY 2 DESC LIMIT 1"
+    answer = vote_on_candidates("Which country has the most customers?", shop, [arbitrary, grouped])
+    assert answer.vote["chosen"] == "sample 1" and answer.vote["clean_votes"] == 1
+    assert vote_on_candidates("Anything?", shop, [arbitrary]).vote["clean_votes"] == 0
+
+
 def test_a_negated_question_prefers_a_negated_query(shop):
     answer = vote_on_candidates("How many orders are not completed?", shop, [
         "SELECT count(*) FROM orders WHERE status = 'completed'",

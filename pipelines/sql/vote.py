@@ -5,8 +5,9 @@ majority is often a query that ignores part of the question. So groups are ranke
 1. grounding: how much of the question the query uses: each text value of the database the question names
    (`matching_values`), one more when the query also names that value's column; each number the question
    gives; and, when the question says "not"/"no"/"never"/"without"/"except", a negation in the query;
-2. clean votes: members without a visible defect (a join off the foreign keys, or a string compared with a
-   column that never holds it);
+2. clean votes: members without a visible defect (a join off the foreign keys, a string compared with a
+   column that never holds it, or `ANY_VALUE(...)` in a SELECT that groups nothing: one arbitrary row's value
+   beside an aggregate of all rows, which no question asks for);
 3. all votes; then the earliest group (the greedy reply's first).
 Groups with rows outrank empty ones: a question is rarely asked for nothing, and a wrong filter returns nothing
 far more often than a wrong query returns rows someone else also got. Within the winning group, the member with
@@ -94,7 +95,8 @@ def choose(sqls: list[str | None], results: list[tuple | None], question: str, d
 
 # -- visible defects -------------------------------------------------------------------------------------------------
 def _defects(sqls: dict[int, str], database) -> dict[int, int]:
-    """{index: joins off the foreign keys + string literals compared with a column that never holds them}."""
+    """{index: joins off the foreign keys + string literals compared with a column that never holds them
+    + ANY_VALUE in a SELECT without GROUP BY}."""
     schema = database.schema
     columns = {t.name.lower(): {c.name.lower(): c.name for c in t.columns} for t in schema.tables}
     keys = _foreign_key_pairs(schema)
@@ -105,17 +107,26 @@ def _defects(sqls: dict[int, str], database) -> dict[int, int]:
         except (sqlglot.errors.SqlglotError, RecursionError, ValueError):
             counts[index] = 0
             continue
-        off_key, compared = 0, []
+        off_key, arbitrary, compared = 0, 0, []
         for select in tree.find_all(exp.Select):
             tables = _tables_in(select)
             if keys:  # with no declared keys, any join may be meant
                 off_key += sum(1 for pair in _join_pairs(select, tables, columns) if not _keyed(pair, keys))
             compared += _compared_literals(select, tables, columns)
-        counts[index], comparisons[index] = off_key, compared
+            arbitrary += _arbitrary_values(select)
+        counts[index], comparisons[index] = off_key + arbitrary, compared
     held = _held_literals({c for found in comparisons.values() for c in found}, database, columns)
     for index, found in comparisons.items():
         counts[index] += sum(1 for c in found if held.get(c, True) is False)
     return counts
+
+
+def _arbitrary_values(select: exp.Select) -> int:
+    """1 when this SELECT takes ANY_VALUE(...) while grouping nothing (the adapter learned ANY_VALUE from Spider's
+    gold rendered in DuckDB, where it stands beside a GROUP BY, and writes it without one)."""
+    if select.args.get("group"):
+        return 0
+    return int(any(node.find_ancestor(exp.Select) is select for node in select.find_all(exp.AnyValue)))
 
 
 def _foreign_key_pairs(schema: Schema) -> set[frozenset]:
