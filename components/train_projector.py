@@ -23,8 +23,8 @@ from pipelines.training.projector_train import ProjectorTrainConfig, train_proje
 from pipelines.training.sql_sft import format_duration
 
 # The fields the section shows, from ProjectorTrainConfig (the same list the CLI flags come from): (field, label).
-FIELDS = [("ctc_steps", "CTC warm-up steps"), ("kd_steps", "KD steps"), ("batch_size", "Batch size"),
-          ("learning_rate", "Learning rate"), ("max_clips", "Max clips (0: all)")]
+FIELDS = [("ctc_steps", "CTC warm-up steps"), ("kd_steps", "KD steps"), ("batch_size", "KD batch size"),
+          ("learning_rate", "KD learning rate"), ("max_clips", "Max clips (0: all)")]
 DEFAULTS = ProjectorTrainConfig(data="", output_dir="")
 
 jobs = JobRunner()  # one projector job at a time in this app (a corpus or a training run)

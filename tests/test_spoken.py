@@ -85,6 +85,33 @@ def test_train_projector_distils_and_writes_an_ultravox_the_engine_answers_with(
 
 @needs_tools
 @needs_spider
+def test_ctc_scores_rows_against_the_questions_tokens_and_reads_them_back(corpus, tmp_path):
+    import torch
+
+    from pipelines.speech.ultravox import UltravoxConfig
+    from pipelines.training.projector_train import Distiller, ProjectorTrainConfig, load_examples
+
+    config = ProjectorTrainConfig(data=str(corpus / "train.jsonl"), output_dir=str(tmp_path / "uv"))
+    examples, schema_texts, _ = load_examples(config)
+    (tmp_path / "uv").mkdir()
+    UltravoxConfig(audio_model_id=config.audio_model, text_model_id=config.text_model,
+                   hidden_size=config.hidden_size).write(tmp_path / "uv")
+    distiller = Distiller(config, tmp_path / "uv", schema_texts)
+    distiller.use_ctc_vocabulary([example.question for example in examples])
+    vocabulary = distiller._ctc_vocabulary
+    question = examples[0].question
+    assert vocabulary[0] == 0 and len(vocabulary) < 200  # the blank, then only what the questions say
+    assert vocabulary[distiller.ctc_targets(question)].tolist() == distiller.ids(" " + question).tolist()
+    assert distiller.ctc_logits(torch.zeros(3, distiller.embed.weight.shape[1])).shape == (3, len(vocabulary))
+    # read back: each row's best token, repeats merged, blanks dropped (greedy CTC)
+    said = distiller.ctc_targets(question)[:2].tolist()
+    best = [0, said[0], said[0], 0, said[1], 0]
+    distiller.ctc_logits = lambda rows: torch.nn.functional.one_hot(torch.tensor(best), len(vocabulary)).float()
+    assert distiller.read_back(examples[0].audio) == distiller.tokenizer.decode(vocabulary[said].tolist()).strip()
+
+
+@needs_tools
+@needs_spider
 def test_a_cancelled_projector_run_resumes_from_its_folder_alone(corpus, tmp_path, capsys):
     import threading
 

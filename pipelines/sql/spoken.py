@@ -171,10 +171,10 @@ def cmd_eval_spoken(args) -> int:
     result = evaluate_spoken(rows, profile, progress=progress, spider_dir=args.spider_dir, ways=ways,
                              text_engine=get_engine(profile.sql_model, profile.sql_adapter) if needs_text else None,
                              speech_engine=speech_sql_engine(profile) if "end-to-end" in ways else None,
-                             max_retries=args.retries, dialect=profile.sql_dialect)
+                             max_retries=args.retries, dialect=profile.sql_dialect, candidates=args.candidates)
     result = {"profile": profile.name, "data": args.data, "speech_sql_model": profile.speech_sql_model,
               "sql_model": profile.sql_model, "sql_adapter": profile.sql_adapter, "asr_model": profile.asr_model,
-              "max_retries": args.retries, **result,
+              "max_retries": args.retries, "candidates": args.candidates, **result,
               **run_metadata(args.command_line)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
@@ -191,6 +191,8 @@ def register(subparsers) -> None:
     parser.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--speech-model", help="an Ultravox folder (default: the profile's)")
     parser.add_argument("--retries", type=int, default=0, help="self-corrections (default 0: the first try)")
+    parser.add_argument("--candidates", type=int, help="vote over N replies on every way (default: each engine's "
+                        "own, as the app: 8 on llamacpp, 1 on the in-process Ultravox)")
     parser.add_argument("--all-voices", action="store_true", help="every clip, not one voice per question")
     parser.add_argument("--ways", default=",".join(EVAL_WAYS),
                         help="which ways to ask, comma-separated (default: typed,cascade,end-to-end; e.g. "
