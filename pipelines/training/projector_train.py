@@ -242,7 +242,7 @@ class Distiller:
         targets = [self.ctc_targets(example.question) for example in batch]
         return torch.nn.functional.ctc_loss(
             log_probs.transpose(0, 1), torch.cat(targets), torch.tensor(lengths),
-            torch.tensor([len(t) for t in targets]), blank=0, zero_infinity=True)
+            torch.tensor([len(t) for t in targets]), blank=0, zero_infinity=True)  # the blank's index either way
 
     def read_back(self, audio: str) -> str:
         """What the projector's rows say when each is read as its nearest token (greedy CTC: repeats merged,
