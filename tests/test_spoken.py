@@ -96,9 +96,8 @@ def test_ctc_scores_rows_against_the_questions_tokens_and_reads_them_back(corpus
     (tmp_path / "uv").mkdir()
     UltravoxConfig(audio_model_id=config.audio_model, text_model_id=config.text_model,
                    hidden_size=config.hidden_size).write(tmp_path / "uv")
-    distiller = Distiller(config, tmp_path / "uv", schema_texts)
-    distiller.use_ctc_vocabulary([example.question for example in examples])
-    vocabulary = distiller._ctc_vocabulary
+    distiller = Distiller(config, tmp_path / "uv", schema_texts, [example.question for example in examples])
+    vocabulary = distiller.ctc_vocabulary
     question = examples[0].question
     assert vocabulary[0] == 0 and len(vocabulary) < 200  # the blank, then only what the questions say
     assert vocabulary[distiller.ctc_targets(question)].tolist() == distiller.ids(" " + question).tolist()

@@ -151,7 +151,7 @@ def batches(examples: list[SpokenExample], size: int, rng: random.Random, *,
 class Distiller:
     """The frozen LM (adapter merged), the frozen encoder, the trainable projector, and both losses."""
 
-    def __init__(self, config: ProjectorTrainConfig, folder: Path, schema_texts: dict[str, str]):
+    def __init__(self, config: ProjectorTrainConfig, folder: Path, schema_texts: dict[str, str], questions: list[str]):
         import torch
 
         from pipelines.engine.loading import load_adapter, load_causal_lm
@@ -165,9 +165,12 @@ class Distiller:
         self.lm = model.eval().requires_grad_(False)
         self.embed = self.lm.get_input_embeddings()
         self.schema_texts = schema_texts
-        self._ctc_vocabulary = None  # the token ids the questions use, blank first (see ctc_logits)
         self._prefixes: dict[str, tuple] = {}  # db_id -> (per-layer (keys, values), prefix length, suffix ids)
         self._frames: dict[str, object] = {}  # audio path -> the encoder's frames (fp16), computed once
+        # CTC scores rows only against the tokens the questions use (a few thousand of the LM's 49,152), blank
+        # first: the vocabulary product is nearly all of a CTC step's time, and other tokens are never targets.
+        used = {int(t) for question in questions for t in self.ids(" " + question.strip())}
+        self.ctc_vocabulary = torch.tensor([BLANK_TOKEN_ID] + sorted(used - {BLANK_TOKEN_ID}))
 
     def frames(self, audio: str):
         import torch
@@ -212,27 +215,14 @@ class Distiller:
         lengths = [math.ceil(len(f) / self.audio.projector.stack_factor) for f in frames]
         return rows, lengths
 
-    def use_ctc_vocabulary(self, questions: list[str]) -> None:
-        """Score CTC rows only against the tokens the questions use (a few thousand of the LM's 49,152): the
-        vocabulary product is nearly all of a CTC step's time, and the other tokens never occur as targets."""
-        import torch
-
-        used = {int(t) for question in questions for t in self.ids(" " + question.strip())}
-        self._ctc_vocabulary = torch.tensor([BLANK_TOKEN_ID] + sorted(used - {BLANK_TOKEN_ID}))
-
     def ctc_logits(self, rows):
-        """[..., vocabulary] scores of projector rows against the LM's (tied) input embeddings."""
-        if self._ctc_vocabulary is None:
-            return rows @ self.embed.weight.T
-        return rows @ self.embed.weight[self._ctc_vocabulary].T
+        """[..., ctc vocabulary] scores of projector rows against the LM's (tied) input embeddings."""
+        return rows @ self.embed.weight[self.ctc_vocabulary].T
 
     def ctc_targets(self, question: str):
         import torch
 
-        ids = self.ids(" " + question.strip())
-        if self._ctc_vocabulary is None:
-            return ids
-        return torch.searchsorted(self._ctc_vocabulary[1:], ids) + 1
+        return torch.searchsorted(self.ctc_vocabulary[1:], self.ids(" " + question.strip())) + 1
 
     def ctc_loss(self, batch: list[SpokenExample]):
         import torch
@@ -242,7 +232,7 @@ class Distiller:
         targets = [self.ctc_targets(example.question) for example in batch]
         return torch.nn.functional.ctc_loss(
             log_probs.transpose(0, 1), torch.cat(targets), torch.tensor(lengths),
-            torch.tensor([len(t) for t in targets]), blank=0, zero_infinity=True)  # the blank's index either way
+            torch.tensor([len(t) for t in targets]), blank=0, zero_infinity=True)
 
     def read_back(self, audio: str) -> str:
         """What the projector's rows say when each is read as its nearest token (greedy CTC: repeats merged,
@@ -252,10 +242,8 @@ class Distiller:
         with torch.no_grad():
             rows = self.audio.projector(self.frames(audio)[None])[0]
             best = self.ctc_logits(rows).argmax(-1).tolist()
-        tokens = [t for i, t in enumerate(best) if t != 0 and (i == 0 or t != best[i - 1])]
-        if self._ctc_vocabulary is not None:
-            tokens = self._ctc_vocabulary[tokens].tolist() if tokens else []
-        return self.tokenizer.decode(tokens).strip()
+        kept = [t for i, t in enumerate(best) if t != 0 and (i == 0 or t != best[i - 1])]
+        return self.tokenizer.decode(self.ctc_vocabulary[kept].tolist() if kept else []).strip()
 
     def _run(self, layers, prefix_length: int, embeds, mask):
         import torch
@@ -362,8 +350,7 @@ def train_projector(config: ProjectorTrainConfig, progress: ProgressCallback | N
                                   hidden_size=config.hidden_size)
     model_config.write(out)
     report(TrainProgress("model", f"loading {config.audio_model} and {config.text_model} + {config.sql_adapter}"))
-    distiller = Distiller(config, out, schema_texts)
-    distiller.use_ctc_vocabulary([example.question for example in examples])
+    distiller = Distiller(config, out, schema_texts, [example.question for example in examples])
     optimizer = torch.optim.AdamW(distiller.audio.projector.parameters(), lr=config.learning_rate,
                                   weight_decay=0.0)
     step, history, previous_wall = 0, [], 0.0
