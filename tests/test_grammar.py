@@ -70,6 +70,8 @@ def test_accepts_the_queries_analysts_and_spider_write(tokenizer, sql):
     "SELECT total FROM order items",  # a name that needs quotes
     "DROP TABLE singer",
     "SELECT Name FROM singer; DROP TABLE singer",
+    # a join off the keys: concert and stadium join along Stadium_ID, not along their own keys
+    "SELECT T2.Name FROM concert AS T1 JOIN stadium AS T2 ON T1.concert_ID = T2.Stadium_ID",
 ])
 def test_refuses_what_would_fail_or_is_out_of_scope(tokenizer, sql):
     assert not accepts(tokenizer, sql)
@@ -81,6 +83,23 @@ def test_scopes_follow_foreign_keys_or_allow_any_pair_when_none_are_declared():
     assert ("singer", "stadium") not in pairs  # no key between them
     bare = Schema([Table("a", [Column("x", "INT")]), Table("b", [Column("y", "INT")])])
     assert {s.tables for s in scopes(bare) if len(s.tables) == 2} == {("a", "b"), ("b", "a")}
+
+
+def test_joins_go_along_the_keys_where_keys_link_the_tables(tokenizer):
+    shop = Schema([
+        Table("customers", [Column("id", "INT", True), Column("name", "TEXT"), Column("country", "TEXT")]),
+        Table("orders", [Column("id", "INT", True), Column("customer_id", "INT"), Column("total", "DECIMAL")],
+              [ForeignKey(["customer_id"], "customers", ["id"])]),
+        Table("notes", [Column("id", "INT", True), Column("text", "TEXT")]),
+    ])
+    for sql in ("SELECT c.name, sum(o.total) FROM customers AS c JOIN orders AS o ON c.id = o.customer_id "
+                "GROUP BY c.name",
+                "SELECT T1.name FROM customers AS T1 JOIN orders AS T2 ON T2.customer_id = T1.id AND T2.total > 5",
+                # no key links notes to customers: a small schema still lets them join, on anything
+                "SELECT T1.name FROM customers AS T1 JOIN notes AS T2 ON T1.name = T2.text"):
+        assert accepts(tokenizer, sql, shop), sql
+    # two tables' own keys are no join, however alike their names
+    assert not accepts(tokenizer, "SELECT T1.name FROM customers AS T1 JOIN orders AS T2 ON T1.id = T2.id", shop)
 
 
 def test_engine_output_follows_the_grammar(tiny_llama_dir):

@@ -63,6 +63,17 @@ def test_a_negated_question_prefers_a_negated_query(shop):
     assert answer.rows == [[130]] and answer.vote["chosen"] == "sample 1"
 
 
+def test_a_question_that_asks_for_a_total_prefers_a_sum(shop):
+    question = "Total revenue from customers in France?"
+    assert question_cues(question, shop).aggregates == {"sum"}
+    assert question_cues("What is the total number of orders?", shop).aggregates == frozenset()  # a count
+    assert question_cues("Average order value?", shop).aggregates == {"avg"}
+    orders = "FROM customers AS c JOIN orders AS o ON c.id = o.customer_id WHERE c.country = 'France'"
+    answer = vote_on_candidates(question, shop, [f"SELECT count(*) {orders}", f"SELECT count(*) {orders}",
+                                                 f"SELECT sum(o.total) {orders}"])
+    assert answer.vote["chosen"] == "sample 2" and answer.vote["grounding"] == 3  # France, its column, the sum
+
+
 def test_votes_decide_between_equally_grounded_results_and_the_greedy_reply_breaks_ties(shop):
     one, other = "SELECT 1 FROM customers LIMIT 1", "SELECT 2 FROM customers LIMIT 1"
     assert vote_on_candidates("Anything?", shop, [one, other, other]).vote["chosen"] == "sample 1"

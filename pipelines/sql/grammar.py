@@ -61,23 +61,49 @@ def _initials(table: str) -> str:
     return "".join(p[0] for p in parts).lower() if parts and parts[0][0].isalpha() else ""
 
 
-def _join_graph(schema: Schema) -> dict[str, set[str]]:
-    """Which tables may be joined: along foreign keys and key-like columns of the same name (declared keys are
-    often incomplete), and any two tables of a small schema or of one that declares no keys."""
-    names = {t.name.lower(): t.name for t in schema.tables}
-    graph: dict[str, set[str]] = {t.name: set() for t in schema.tables}
-    declared = any(fk for t in schema.tables for fk in t.foreign_keys)
+def _is_text(column) -> bool:
+    return any(word in (column.type or "").upper() for word in ("CHAR", "TEXT", "STRING", "CLOB"))
+
+
+def _join_keys(schema: Schema) -> dict[tuple[str, str], set[tuple[str, str]]]:
+    """{(table a, table b): {(column of a, column of b)}}: the columns two tables join along, both ways round.
+    Declared foreign keys, and key-like columns of the same name (declared keys are often incomplete), but not
+    two tables' own keys (`orders.id = customers.id` joins rows that have nothing to do with each other) nor a
+    text column with a number (Spider's `airlines.Airline` is a name, `flights.Airline` the airline's uid)."""
+    names = {t.name.lower(): t for t in schema.tables}
+    pairs: dict[tuple[str, str], set[tuple[str, str]]] = {}
+
+    def add(a, column_a: str, b, column_b: str) -> None:
+        if a.name != b.name:
+            pairs.setdefault((a.name, b.name), set()).add((column_a, column_b))
+            pairs.setdefault((b.name, a.name), set()).add((column_b, column_a))
+
     for table in schema.tables:
         for fk in table.foreign_keys:
             target = names.get(fk.ref_table.lower())
-            if target and target != table.name:
-                graph[table.name].add(target)
-                graph[target].add(table.name)
-    keys = {t.name: {c.name.lower() for c in t.columns if c.primary_key or _KEY_NAME.search(c.name)}
-            for t in schema.tables}
-    columns = {t.name: {c.name.lower() for c in t.columns} for t in schema.tables}
-    for a, b in itertools.permutations(graph, 2):
-        if not declared or len(graph) <= SMALL_SCHEMA_TABLES or (keys[a] & columns[b]) or (keys[b] & columns[a]):
+            for column, ref_column in zip(fk.columns, fk.ref_columns) if target else ():
+                add(table, column, target, ref_column)
+    for a, b in itertools.combinations(schema.tables, 2):
+        columns_b = {c.name.lower(): c for c in b.columns}
+        for column in a.columns:
+            other = columns_b.get(column.name.lower())
+            if not other or all(c.primary_key or c.name.lower() == "id" for c in (column, other)) or \
+                    _is_text(column) != _is_text(other):
+                continue
+            if any(c.primary_key or _KEY_NAME.search(c.name) for c in (column, other)):
+                add(a, column.name, b, other.name)
+    return pairs
+
+
+def _join_graph(schema: Schema) -> dict[str, set[str]]:
+    """Which tables may be joined: along `_join_keys`, and any two tables of a small schema or of one that
+    declares no keys."""
+    graph: dict[str, set[str]] = {t.name: set() for t in schema.tables}
+    for a, b in _join_keys(schema):
+        graph[a].add(b)
+    declared = any(fk for t in schema.tables for fk in t.foreign_keys)
+    if not declared or len(graph) <= SMALL_SCHEMA_TABLES:
+        for a, b in itertools.permutations(graph, 2):
             graph[a].add(b)
     return graph
 
@@ -103,7 +129,27 @@ def scopes(schema: Schema) -> list[Scope]:
     return result[:MAX_SCOPES]
 
 
-def _scope_rules(k: int, scope: Scope, schema: Schema) -> list[str]:
+def _on_condition(scope: Scope, position: int, join_keys: dict, e: str) -> str:
+    """What may follow ON when the scope's table at `position` joins the ones before it: an equality along their
+    join keys (then any further condition), or any condition where no key links them (a small or keyless
+    schema). A join off the keys (`ON T1.id = T2.id`) is the small model's commonest wrong join."""
+    table = scope.tables[position]
+
+    def qualified(index: int, column: str) -> str:
+        alias = scope.aliases[index]
+        return f"{_lit(alias) if alias else _name(scope.tables[index])} \".\" {_name(column)}"
+
+    equalities = []
+    for earlier in range(position):
+        for column_earlier, column in sorted(join_keys.get((scope.tables[earlier], table), ())):
+            left, right = qualified(earlier, column_earlier), qualified(position, column)
+            equalities += [f"{left} \"=\" {right}", f"{right} \"=\" {left}"]
+    if not equalities:
+        return e
+    return f"({' | '.join(equalities)}) ({_lit('and')} {e})?"
+
+
+def _scope_rules(k: int, scope: Scope, schema: Schema, join_keys: dict) -> list[str]:
     """The SELECT rules of one scope: the rules that can hold a column are copied, so its columns stay in scope.
 
     Names, dots and keywords are literals shared by every scope, so the lexer stays small however many scopes
@@ -121,7 +167,8 @@ def _scope_rules(k: int, scope: Scope, schema: Schema) -> list[str]:
         ref = _name(schema.table(table_name).name)
         refs.append(f"{ref} {_lit('as')}? {_lit(alias)}" if alias else ref)
     e, atom = f"e_{k}", f"atom_{k}"
-    joins = "".join(f" join_kw {ref} ({_lit('on')} {e})?" for ref in refs[1:])
+    joins = "".join(f" join_kw {ref} ({_lit('on')} {_on_condition(scope, position, join_keys, e)})?"
+                    for position, ref in enumerate(refs[1:], start=1))
     return [
         f"select_{k}: {_lit('select')} {_lit('distinct')}? item_{k} (\",\" item_{k})* {_lit('from')} {refs[0]}{joins}"
         f" ({_lit('where')} {e})? ({_lit('group')} {_lit('by')} {e} (\",\" {e})*)? ({_lit('having')} {e})?"
@@ -151,6 +198,7 @@ def _alternatives(words) -> str:
 
 def _build(schema: Schema) -> str:
     all_scopes = scopes(schema)
+    join_keys = _join_keys(schema)
     lines = [
         "start: query \";\"?",
         f"query: select (({_alternatives(['union', 'intersect', 'except'])}) {_lit('all')}? select)*",
@@ -173,7 +221,7 @@ def _build(schema: Schema) -> str:
         r"%ignore /[ \t\r\n]+/",
     ]
     for k, scope in enumerate(all_scopes):
-        lines.extend(_scope_rules(k, scope, schema))
+        lines.extend(_scope_rules(k, scope, schema, join_keys))
     return "\n".join(lines) + "\n"
 
 

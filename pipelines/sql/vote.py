@@ -29,6 +29,10 @@ from pipelines.sql.values import ColumnValues, sql_string, matching_values
 
 _NEGATION = re.compile(r"\b(not|no|never|without|except)\b", re.I)
 _SQL_NEGATION = re.compile(r"\bNOT\b|<>|!=|\bEXCEPT\b", re.I)
+# Words that ask for an aggregate, and the aggregate: "total revenue", "how much", "the average age". "Total
+# number of" asks for a count, which needs no cue (a count is what the model writes most).
+_AGGREGATE_WORDS = {"sum": re.compile(r"\bhow much\b|\bsum\b|\btotal\b(?!\s+(?:number|count)\b)", re.I),
+                    "avg": re.compile(r"\baverage\b|\bmean\b", re.I)}
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])")
 _STRING = re.compile(r"'((?:[^']|'')*)'")
 MAX_LITERAL_CHECKS = 64  # one query checks them all; a reply with more is not worth the wait
@@ -39,6 +43,7 @@ class QuestionCues:
     values: tuple[ColumnValues, ...]  # text values of the database the question names
     numbers: frozenset[str]
     negated: bool
+    aggregates: frozenset[str] = frozenset()  # "sum", "avg": what the question's words ask for
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,8 @@ class Choice:
 
 def question_cues(question: str, database) -> QuestionCues:
     values = tuple(matching_values(database, question)) if database.can_execute else ()
-    return QuestionCues(values, frozenset(_NUMBER.findall(question)), bool(_NEGATION.search(question)))
+    aggregates = frozenset(name for name, words in _AGGREGATE_WORDS.items() if words.search(question))
+    return QuestionCues(values, frozenset(_NUMBER.findall(question)), bool(_NEGATION.search(question)), aggregates)
 
 
 def grounding(sql: str | None, cues: QuestionCues) -> int:
@@ -66,6 +72,7 @@ def grounding(sql: str | None, cues: QuestionCues) -> int:
     score += len(cues.numbers & set(_NUMBER.findall(sql)))
     if cues.negated and _SQL_NEGATION.search(sql):
         score += 1
+    score += sum(1 for name in cues.aggregates if re.search(rf"\b{name}\s*\(", sql, re.I))
     return score
 
 
