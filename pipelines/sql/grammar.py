@@ -7,7 +7,8 @@ branches instead: one copy of the query rules per *scope*, a list of tables in j
 copy, a column is only one of that scope's columns. While the model writes the SELECT list every scope that has
 such columns stays alive; the FROM clause then settles which one it is (PICARD, Scholak et al. 2021, checks the
 same during beam search). Scopes are single tables, tables joined along a foreign key (both ways round) and
-chains of three; a schema that declares no foreign keys allows any pair.
+chains of three; a schema that declares no foreign keys allows any pair. A join between tables that keys link
+must be ON those keys.
 
 String literals are single-quoted only (DuckDB reads a double-quoted word as a column); identifiers are quoted
 when they need it. Keywords and names are case-insensitive, as in SQL. Subqueries (IN, EXISTS, scalar) are
