@@ -62,10 +62,6 @@ def _initials(table: str) -> str:
     return "".join(p[0] for p in parts).lower() if parts and parts[0][0].isalpha() else ""
 
 
-def _is_text(column) -> bool:
-    return any(word in (column.type or "").upper() for word in ("CHAR", "TEXT", "STRING", "CLOB"))
-
-
 def _join_keys(schema: Schema) -> dict[tuple[str, str], set[tuple[str, str]]]:
     """{(table a, table b): {(column of a, column of b)}}: the columns two tables join along, both ways round.
     Declared foreign keys, and key-like columns of the same name (declared keys are often incomplete), but not
@@ -89,7 +85,7 @@ def _join_keys(schema: Schema) -> dict[tuple[str, str], set[tuple[str, str]]]:
         for column in a.columns:
             other = columns_b.get(column.name.lower())
             if not other or all(c.primary_key or c.name.lower() == "id" for c in (column, other)) or \
-                    _is_text(column) != _is_text(other):
+                    column.is_text != other.is_text:
                 continue
             if any(c.primary_key or _KEY_NAME.search(c.name) for c in (column, other)):
                 add(a, column.name, b, other.name)

@@ -7,10 +7,14 @@ the same shape of text everywhere.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+
+
+_TEXT_TYPE = re.compile(r"CHAR|TEXT|STRING|CLOB", re.I)
 
 
 @dataclass
@@ -18,6 +22,10 @@ class Column:
     name: str
     type: str
     primary_key: bool = False
+
+    @property
+    def is_text(self) -> bool:
+        return bool(_TEXT_TYPE.search(self.type or ""))
 
 
 @dataclass

@@ -18,7 +18,6 @@ SAMPLES_PER_COLUMN = 3
 MAX_VALUE_CHARS = 40
 MAX_MATCHES = 8
 BUDGET_CHARS = 700  # about 200 tokens: the adapters were trained on short prompts
-_TEXT_TYPE = re.compile(r"CHAR|TEXT|STRING|CLOB", re.I)
 _WORD = re.compile(r"[\w'&.-]+")
 # Words too common to be a value the question names ("in" would match a country code IN).
 _STOP_WORDS = frozenset("""a an and are as at be by did do does for from has have how in is it its many much
@@ -37,7 +36,7 @@ class ColumnValues:
 
 
 def text_columns(schema: Schema) -> list[tuple[str, str]]:
-    return [(t.name, c.name) for t in schema.tables for c in t.columns if _TEXT_TYPE.search(c.type or "")]
+    return [(t.name, c.name) for t in schema.tables for c in t.columns if c.is_text]
 
 
 def sql_string(value: str) -> str:
