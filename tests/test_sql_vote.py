@@ -47,6 +47,28 @@ def test_a_join_off_the_foreign_keys_is_a_defect(shop):
     assert vote_on_candidates(question, shop, [off_key, off_key]).vote["clean_votes"] == 0
 
 
+def test_the_vote_joins_along_the_same_keys_as_the_grammar(tmp_path):
+    """A key-like column of the same name is a key the schema forgot to declare, for the vote as for the grammar:
+    joining those two tables on anything else (here, equal names) is a defect."""
+    import duckdb
+
+    path = tmp_path / "league.duckdb"
+    with duckdb.connect(str(path)) as connection:
+        connection.execute("""
+            CREATE TABLE teams (team_code VARCHAR PRIMARY KEY, name VARCHAR);
+            CREATE TABLE players (id INTEGER PRIMARY KEY, team_code VARCHAR, name VARCHAR);
+            CREATE TABLE goals (id INTEGER PRIMARY KEY, player_id INTEGER REFERENCES players(id));
+            INSERT INTO teams VALUES ('RED', 'Reds'), ('BLU', 'Blues');
+            INSERT INTO players VALUES (1, 'RED', 'Reds'), (2, 'BLU', 'Ann');
+            INSERT INTO goals VALUES (1, 1), (2, 2);""")
+    league = DuckDBDatabase(path)
+    question = "Which team does each player play for?"
+    on_names = "SELECT p.id, t.name FROM players AS p JOIN teams AS t ON p.name = t.name"
+    on_key = "SELECT p.id, t.name FROM players AS p JOIN teams AS t ON p.team_code = t.team_code"
+    answer = vote_on_candidates(question, league, [on_names, on_key])
+    assert answer.vote["chosen"] == "sample 1" and answer.vote["clean_votes"] == 1
+
+
 def test_any_value_without_a_group_by_is_a_defect(shop):
     """The adapter writes `SELECT ANY_VALUE(x), count(*)` (one arbitrary row's x beside a count of all rows)."""
     arbitrary = "SELECT ANY_VALUE(country), count(*) FROM customers"

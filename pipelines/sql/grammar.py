@@ -62,11 +62,12 @@ def _initials(table: str) -> str:
     return "".join(p[0] for p in parts).lower() if parts and parts[0][0].isalpha() else ""
 
 
-def _join_keys(schema: Schema) -> dict[tuple[str, str], set[tuple[str, str]]]:
+def join_keys(schema: Schema) -> dict[tuple[str, str], set[tuple[str, str]]]:
     """{(table a, table b): {(column of a, column of b)}}: the columns two tables join along, both ways round.
     Declared foreign keys, and key-like columns of the same name (declared keys are often incomplete), but not
     two tables' own keys (`orders.id = customers.id` joins rows that have nothing to do with each other) nor a
-    text column with a number (Spider's `airlines.Airline` is a name, `flights.Airline` the airline's uid)."""
+    text column with a number (Spider's `airlines.Airline` is a name, `flights.Airline` the airline's uid).
+    The vote's off-key defect (`vote._key_pairs`) uses the same keys."""
     names = {t.name.lower(): t for t in schema.tables}
     pairs: dict[tuple[str, str], set[tuple[str, str]]] = {}
 
@@ -93,10 +94,10 @@ def _join_keys(schema: Schema) -> dict[tuple[str, str], set[tuple[str, str]]]:
 
 
 def _join_graph(schema: Schema) -> dict[str, set[str]]:
-    """Which tables may be joined: along `_join_keys`, and any two tables of a small schema or of one that
+    """Which tables may be joined: along `join_keys`, and any two tables of a small schema or of one that
     declares no keys."""
     graph: dict[str, set[str]] = {t.name: set() for t in schema.tables}
-    for a, b in _join_keys(schema):
+    for a, b in join_keys(schema):
         graph[a].add(b)
     declared = any(fk for t in schema.tables for fk in t.foreign_keys)
     if not declared or len(graph) <= SMALL_SCHEMA_TABLES:
@@ -126,7 +127,7 @@ def scopes(schema: Schema) -> list[Scope]:
     return result[:MAX_SCOPES]
 
 
-def _on_condition(scope: Scope, position: int, join_keys: dict, e: str) -> str:
+def _on_condition(scope: Scope, position: int, keys: dict, e: str) -> str:
     """What may follow ON when the scope's table at `position` joins the ones before it: an equality along their
     join keys (then any further condition), or any condition where no key links them (a small or keyless
     schema). A join off the keys (`ON T1.id = T2.id`) is the small model's commonest wrong join."""
@@ -138,7 +139,7 @@ def _on_condition(scope: Scope, position: int, join_keys: dict, e: str) -> str:
 
     equalities = []
     for earlier in range(position):
-        for column_earlier, column in sorted(join_keys.get((scope.tables[earlier], table), ())):
+        for column_earlier, column in sorted(keys.get((scope.tables[earlier], table), ())):
             left, right = qualified(earlier, column_earlier), qualified(position, column)
             equalities += [f"{left} \"=\" {right}", f"{right} \"=\" {left}"]
     if not equalities:
@@ -146,7 +147,7 @@ def _on_condition(scope: Scope, position: int, join_keys: dict, e: str) -> str:
     return f"({' | '.join(equalities)}) ({_lit('and')} {e})?"
 
 
-def _scope_rules(k: int, scope: Scope, schema: Schema, join_keys: dict) -> list[str]:
+def _scope_rules(k: int, scope: Scope, schema: Schema, keys: dict) -> list[str]:
     """The SELECT rules of one scope: the rules that can hold a column are copied, so its columns stay in scope.
 
     Names, dots and keywords are literals shared by every scope, so the lexer stays small however many scopes
@@ -164,7 +165,7 @@ def _scope_rules(k: int, scope: Scope, schema: Schema, join_keys: dict) -> list[
         ref = _name(schema.table(table_name).name)
         refs.append(f"{ref} {_lit('as')}? {_lit(alias)}" if alias else ref)
     e, atom = f"e_{k}", f"atom_{k}"
-    joins = "".join(f" join_kw {ref} ({_lit('on')} {_on_condition(scope, position, join_keys, e)})?"
+    joins = "".join(f" join_kw {ref} ({_lit('on')} {_on_condition(scope, position, keys, e)})?"
                     for position, ref in enumerate(refs[1:], start=1))
     return [
         f"select_{k}: {_lit('select')} {_lit('distinct')}? item_{k} (\",\" item_{k})* {_lit('from')} {refs[0]}{joins}"
@@ -195,7 +196,7 @@ def _alternatives(words) -> str:
 
 def _build(schema: Schema) -> str:
     all_scopes = scopes(schema)
-    join_keys = _join_keys(schema)
+    keys = join_keys(schema)
     lines = [
         "start: query \";\"?",
         f"query: select (({_alternatives(['union', 'intersect', 'except'])}) {_lit('all')}? select)*",
@@ -218,7 +219,7 @@ def _build(schema: Schema) -> str:
         r"%ignore /[ \t\r\n]+/",
     ]
     for k, scope in enumerate(all_scopes):
-        lines.extend(_scope_rules(k, scope, schema, join_keys))
+        lines.extend(_scope_rules(k, scope, schema, keys))
     return "\n".join(lines) + "\n"
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import sqlglot
 from sqlglot import exp
 
+from pipelines.sql.grammar import join_keys
 from pipelines.sql.schema import Schema, quote_identifier
 from pipelines.sql.values import ColumnValues, sql_string, matching_values
 
@@ -106,7 +107,8 @@ def _defects(sqls: dict[int, str], database) -> dict[int, int]:
     + ANY_VALUE in a SELECT without GROUP BY}."""
     schema = database.schema
     columns = {t.name.lower(): {c.name.lower(): c.name for c in t.columns} for t in schema.tables}
-    keys = _foreign_key_pairs(schema)
+    keys = _key_pairs(schema)
+    declared = any(t.foreign_keys for t in schema.tables)  # with no declared keys, any join may be meant
     counts, comparisons = {}, {}
     for index, sql in sqls.items():
         try:
@@ -117,7 +119,7 @@ def _defects(sqls: dict[int, str], database) -> dict[int, int]:
         off_key, arbitrary, compared = 0, 0, []
         for select in tree.find_all(exp.Select):
             tables = _tables_in(select)
-            if keys:  # with no declared keys, any join may be meant
+            if declared:
                 off_key += sum(1 for pair in _join_pairs(select, tables, columns) if not _keyed(pair, keys))
             compared += _compared_literals(select, tables, columns)
             arbitrary += _arbitrary_values(select)
@@ -136,9 +138,10 @@ def _arbitrary_values(select: exp.Select) -> int:
     return int(any(node.find_ancestor(exp.Select) is select for node in select.find_all(exp.AnyValue)))
 
 
-def _foreign_key_pairs(schema: Schema) -> set[frozenset]:
-    return {frozenset([(t.name.lower(), a.lower()), (fk.ref_table.lower(), b.lower())])
-            for t in schema.tables for fk in t.foreign_keys for a, b in zip(fk.columns, fk.ref_columns)}
+def _key_pairs(schema: Schema) -> set[frozenset]:
+    """The grammar's join keys, as {frozenset({(table, column), (table, column)})}, lowercased."""
+    return {frozenset([(a.lower(), column_a.lower()), (b.lower(), column_b.lower())])
+            for (a, b), pairs in join_keys(schema).items() for column_a, column_b in pairs}
 
 
 def _tables_in(select: exp.Select) -> dict[str, str]:
@@ -165,7 +168,7 @@ def _join_pairs(select: exp.Select, tables: dict, columns: dict):
 
 
 def _keyed(pair, keys: set[frozenset]) -> bool:
-    """A declared foreign key; or equal column names where no key links the two tables (Spider leaves many out)."""
+    """One of the grammar's join keys; or equal column names where no key links the two tables."""
     (left_table, left), (right_table, right) = pair
     if frozenset(pair) in keys:
         return True
