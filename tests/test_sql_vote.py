@@ -1,5 +1,6 @@
 """Choosing among candidates that ran (pipelines/sql/vote.py), on the real shop database through the app's sandbox."""
 
+import duckdb
 import pytest
 
 from pipelines.sql.databases import DuckDBDatabase
@@ -50,8 +51,6 @@ def test_a_join_off_the_foreign_keys_is_a_defect(shop):
 def test_the_vote_joins_along_the_same_keys_as_the_grammar(tmp_path):
     """A key-like column of the same name is a key the schema forgot to declare, for the vote as for the grammar:
     joining those two tables on anything else (here, equal names) is a defect."""
-    import duckdb
-
     path = tmp_path / "league.duckdb"
     with duckdb.connect(str(path)) as connection:
         connection.execute("""

@@ -99,8 +99,7 @@ def _join_graph(schema: Schema) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {t.name: set() for t in schema.tables}
     for a, b in join_keys(schema):
         graph[a].add(b)
-    declared = any(fk for t in schema.tables for fk in t.foreign_keys)
-    if not declared or len(graph) <= SMALL_SCHEMA_TABLES:
+    if not schema.declares_keys or len(graph) <= SMALL_SCHEMA_TABLES:
         for a, b in itertools.permutations(graph, 2):
             graph[a].add(b)
     return graph

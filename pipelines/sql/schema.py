@@ -51,6 +51,11 @@ class Schema:
     def table_names(self) -> list[str]:
         return [table.name for table in self.tables]
 
+    @property
+    def declares_keys(self) -> bool:
+        """Whether any table declares a foreign key (without them, any two tables may be meant to join)."""
+        return any(t.foreign_keys for t in self.tables)
+
     def table(self, name: str) -> Table | None:
         return next((t for t in self.tables if t.name.lower() == name.lower()), None)
 

@@ -108,7 +108,6 @@ def _defects(sqls: dict[int, str], database) -> dict[int, int]:
     schema = database.schema
     columns = {t.name.lower(): {c.name.lower(): c.name for c in t.columns} for t in schema.tables}
     keys = _key_pairs(schema)
-    declared = any(t.foreign_keys for t in schema.tables)  # with no declared keys, any join may be meant
     counts, comparisons = {}, {}
     for index, sql in sqls.items():
         try:
@@ -119,7 +118,7 @@ def _defects(sqls: dict[int, str], database) -> dict[int, int]:
         off_key, arbitrary, compared = 0, 0, []
         for select in tree.find_all(exp.Select):
             tables = _tables_in(select)
-            if declared:
+            if schema.declares_keys:  # with no declared keys, any join may be meant
                 off_key += sum(1 for pair in _join_pairs(select, tables, columns) if not _keyed(pair, keys))
             compared += _compared_literals(select, tables, columns)
             arbitrary += _arbitrary_values(select)
